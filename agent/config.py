@@ -1,0 +1,348 @@
+"""Configuration: one TOML file, loaded and validated into typed objects before anything starts.
+
+Every problem is reported at once, each naming the file, the key path and what was expected
+(`agent.toml: sensors[1].rate_hz: expected a positive number, got -5`). An invalid file raises `ConfigError`;
+the agent refuses to start rather than guess. `--emulate` is applied here too: it swaps every bus for its
+emulated backend without editing the file.
+
+Owns: the schema of the agent's own sections (`agent`, `mqtt`, `outbox`, `buses`, `sensors`). Driver-specific
+sensor keys are validated by the driver's own schema in `hal` (every key of a `[[sensors]]` table that is not a
+generic key below is a driver option).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.errors import ConfigError
+from hal.errors import ConfigurationError
+from hal.options import REQUIRED, Option, in_range, non_negative, parse_options, positive
+from hal.sources import DRIVERS, driver_class, validate_driver_options
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
+DEMO_CONFIG_NAME = "demo.toml"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+def _name_check(v: Any) -> str | None:
+    return None if _NAME_RE.match(v) else (
+        "expected a name of letters, digits, '_', '-' or '.' (no '/', '+', '#' or spaces), at most 64 characters")
+
+
+@dataclass(frozen=True)
+class Broker:
+    host: str
+    port: int
+    tls: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, url: str) -> "Broker":
+        """Parse `mqtt://HOST[:PORT]`, `mqtts://HOST[:PORT]` or plain `HOST[:PORT]`; raise ValueError otherwise."""
+        text = url if "://" in url else f"mqtt://{url}"
+        parts = urlsplit(text)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"expected a broker URL like mqtt://HOST:PORT, got scheme {parts.scheme!r}")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"expected a port number from 1 to 65535 in {url!r}") from None
+        if not parts.hostname:
+            raise ValueError(f"expected a broker URL like mqtt://HOST:PORT, got {url!r}")
+        if parts.path not in ("", "/"):
+            raise ValueError(f"expected no path in the broker URL, got {parts.path!r}")
+        return cls(parts.hostname, port or (8883 if tls else 1883), tls)
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    id: str
+    state_dir: Path | None
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    broker: Broker
+    prefix: str = "edge"
+    client_id: str = ""
+    keepalive_s: int = 30
+    inflight: int = 64
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    commit_interval_ms: int = 200
+    commit_max_records: int = 500
+    synchronous: str = "full"
+    max_mb: float = 256.0
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    """One `[[sensors]]` entry. `options` are the driver's own keys, already validated by its schema."""
+
+    name: str
+    driver: str
+    kind: str  # "slow" or "stream"
+    options: Mapping[str, Any]
+    bus: str | None = None
+    interval_s: float = 1.0
+    window: int = 4096
+    hop: int = 4096
+    features: Mapping[str, Any] = field(default_factory=dict)
+    path: str = ""  # key path in the file, for messages at run time (`sensors[1]`)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str  # file path, or "<built-in demo>"
+    agent: AgentSection
+    mqtt: MqttConfig
+    outbox: OutboxConfig
+    buses: Mapping[str, Mapping[str, Any]]
+    sensors: tuple[SensorConfig, ...]
+    emulate: bool
+    digest: str  # sha256 of the file's bytes (first 12 hex digits), published in the birth message
+
+    def summary(self) -> list[str]:
+        lines = [
+            f"config: {self.source} (sha256 {self.digest})",
+            f"agent id: {self.agent.id}",
+            f"broker: {self.mqtt.broker.url}, topic prefix {self.mqtt.prefix!r}",
+            f"outbox: commit every {self.outbox.commit_interval_ms} ms or {self.outbox.commit_max_records} records, "
+            f"synchronous={self.outbox.synchronous}, max {self.outbox.max_mb:g} MB",
+            f"buses: {', '.join(self.buses) or 'none'}" + (" (all emulated)" if self.emulate else ""),
+            f"sensors: {len(self.sensors)}",
+        ]
+        for s in self.sensors:
+            how = (f"{s.options.get('rate_hz', '?')} Hz, window {s.window}, hop {s.hop}" if s.kind == "stream"
+                   else f"every {s.interval_s:g} s")
+            lines.append(f"  - {s.name}: {s.driver} ({s.kind}, {how})" + (f" on bus {s.bus}" if s.bus else ""))
+        return lines
+
+
+_AGENT_OPTIONS = [
+    Option("id", str, REQUIRED, "the agent's id, used in every topic", _name_check),
+    Option("state_dir", str, "", "where the outbox lives"),
+]
+_MQTT_OPTIONS = [
+    Option("url", str, "mqtt://localhost:1883", "broker URL, mqtt://HOST:PORT"),
+    Option("prefix", str, "edge", "first topic level",
+           lambda v: None if v and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/")
+           else "expected a topic prefix without '+', '#' or leading/trailing '/'"),
+    Option("client_id", str, "", "MQTT client id (default edge-agent-<id>)"),
+    Option("keepalive_s", int, 30, "MQTT keep-alive in seconds", in_range(5, 3600)),
+    Option("inflight", int, 64, "QoS 1 messages awaiting PUBACK at most", in_range(1, 65535)),
+    Option("reconnect_min_s", (int, float), 0.5, "first reconnect delay", positive),
+    Option("reconnect_max_s", (int, float), 30.0, "reconnect delay cap", positive),
+    Option("connect_timeout_s", (int, float), 10.0, "TCP connect timeout", positive),
+]
+_OUTBOX_OPTIONS = [
+    Option("commit_interval_ms", int, 200, "group-commit window", in_range(1, 60000)),
+    Option("commit_max_records", int, 500, "commit early after this many records", in_range(1, 1000000)),
+    Option("synchronous", str, "full", "SQLite synchronous mode", choices=("full", "normal", "extra", "off")),
+    Option("max_mb", (int, float), 256.0, "outbox size bound in MB", positive),
+]
+_SENSOR_GENERIC = [
+    Option("name", str, REQUIRED, "the sensor's name, used as its stream name", _name_check),
+    Option("driver", str, REQUIRED, "the driver, e.g. emulated.vibration"),
+    Option("bus", str, "", "the bus it is wired to (a [buses.NAME] table)"),
+    Option("interval_s", (int, float), 1.0, "poll interval of a slow sensor", positive),
+    Option("window", int, 4096, "samples per feature window of a stream sensor", in_range(8, 1 << 22)),
+    Option("hop", int, 0, "samples between window starts (default: the window, no overlap)", non_negative),
+    Option("features", dict, {}, "feature settings"),
+    Option("enabled", bool, True, "false skips the sensor"),
+]
+_BUS_OPTIONS_GENERIC = [
+    Option("type", str, REQUIRED, "the bus type", choices=("gpio", "i2c", "serial", "modbus_tcp", "modbus_rtu")),
+    Option("backend", str, "real", "real hardware or its emulated backend", choices=("real", "emulated")),
+]
+_SENSOR_GENERIC_KEYS = {o.name for o in _SENSOR_GENERIC}
+_TOP_LEVEL = {"agent", "mqtt", "outbox", "buses", "sensors"}
+
+
+class _Problems:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}")
+
+    def extend(self, prefix: str, errors: list[tuple[str, str]]) -> None:
+        for key, message in errors:
+            self.add(f"{prefix}.{key}" if prefix else key, message)
+
+
+def _table(raw: Mapping[str, Any], key: str, problems: _Problems) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        problems.add(key, f"expected a table [{key}], got {type(value).__name__}")
+        return {}
+    return value
+
+
+def default_agent_id() -> str:
+    host = os.uname().nodename.split(".")[0] or "edge"
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", host)[:64]
+    return cleaned if _NAME_RE.match(cleaned) else "edge"
+
+
+def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest: str = "") -> Config:
+    """Validate a parsed TOML document. Raises ConfigError listing every problem."""
+    problems = _Problems(source)
+    for key in raw:
+        if key not in _TOP_LEVEL:
+            problems.add(key, f"unknown section (known: {', '.join(sorted(_TOP_LEVEL))})")
+
+    agent_schema = [o if o.name != "id" else Option("id", str, default_agent_id(), o.doc, o.check)
+                    for o in _AGENT_OPTIONS]
+    agent_v, errs = parse_options(agent_schema, _table(raw, "agent", problems))
+    problems.extend("agent", errs)
+
+    mqtt_v, errs = parse_options(_MQTT_OPTIONS, _table(raw, "mqtt", problems))
+    problems.extend("mqtt", errs)
+    broker = Broker("localhost", 1883)
+    if "url" in mqtt_v:
+        try:
+            broker = Broker.parse(mqtt_v["url"])
+        except ValueError as e:
+            problems.add("mqtt.url", str(e))
+    if mqtt_v.get("reconnect_min_s", 0) > mqtt_v.get("reconnect_max_s", 1e9):
+        problems.add("mqtt.reconnect_min_s", "expected a value not above mqtt.reconnect_max_s")
+
+    outbox_v, errs = parse_options(_OUTBOX_OPTIONS, _table(raw, "outbox", problems))
+    problems.extend("outbox", errs)
+
+    buses: dict[str, dict[str, Any]] = {}
+    for bus_name, bus_raw in _table(raw, "buses", problems).items():
+        path = f"buses.{bus_name}"
+        if not isinstance(bus_raw, dict):
+            problems.add(path, f"expected a table [{path}], got {type(bus_raw).__name__}")
+            continue
+        if _name_check(bus_name):
+            problems.add(path, _name_check(bus_name) or "")
+        generic = {k: v for k, v in bus_raw.items() if k in ("type", "backend")}
+        values, errs = parse_options(_BUS_OPTIONS_GENERIC, generic)
+        problems.extend(path, errs)
+        bus = dict(bus_raw)
+        bus.update(values)
+        if emulate:
+            bus["backend"] = "emulated"
+        buses[bus_name] = bus
+
+    sensors: list[SensorConfig] = []
+    raw_sensors = raw.get("sensors", [])
+    if not isinstance(raw_sensors, list):
+        problems.add("sensors", "expected an array of tables [[sensors]]")
+        raw_sensors = []
+    seen: dict[str, str] = {}
+    for i, s in enumerate(raw_sensors):
+        path = f"sensors[{i}]"
+        if not isinstance(s, dict):
+            problems.add(path, "expected a table")
+            continue
+        generic = {k: v for k, v in s.items() if k in _SENSOR_GENERIC_KEYS}
+        driver_opts = {k: v for k, v in s.items() if k not in _SENSOR_GENERIC_KEYS}
+        g, errs = parse_options(_SENSOR_GENERIC, generic)
+        problems.extend(path, errs)
+        if not g.get("enabled", True):
+            continue
+        name, driver = g.get("name"), g.get("driver")
+        if name:
+            if name in seen:
+                problems.add(f"{path}.name", f"expected a unique name, {name!r} is also used by {seen[name]}")
+            seen[name] = path
+        if g.get("bus") and g["bus"] not in buses:
+            problems.add(f"{path}.bus", f"expected the name of a [buses.NAME] table "
+                                        f"(defined: {', '.join(buses) or 'none'}), got {g['bus']!r}")
+        if driver is None:
+            continue
+        try:
+            cls = driver_class(driver)
+        except ConfigurationError:
+            problems.add(f"{path}.driver", f"expected one of {', '.join(sorted(DRIVERS))}, got {driver!r}")
+            continue
+        values, errs = validate_driver_options(driver, driver_opts)
+        problems.extend(path, errs)
+        kind = getattr(cls, "kind", "slow")
+        window = g.get("window", 4096)
+        hop = g.get("hop", 0) or window
+        if kind == "stream" and hop > window * 64:
+            problems.add(f"{path}.hop", f"expected at most 64 windows ({window * 64}), got {hop}")
+        if name and driver and not errs:
+            sensors.append(SensorConfig(name=name, driver=driver, kind=kind, options=values, bus=g.get("bus") or None,
+                                        interval_s=float(g.get("interval_s", 1.0)), window=window, hop=hop,
+                                        features=g.get("features", {}), path=path))
+
+    if problems.items:
+        raise ConfigError(problems.items)
+    state_dir = agent_v.get("state_dir") or ""
+    return Config(
+        source=source,
+        agent=AgentSection(id=agent_v["id"], state_dir=Path(state_dir).expanduser() if state_dir else None),
+        mqtt=MqttConfig(broker=broker, **{k: v for k, v in mqtt_v.items() if k != "url"}),
+        outbox=OutboxConfig(**outbox_v),
+        buses=buses,
+        sensors=tuple(sensors),
+        emulate=emulate,
+        digest=digest,
+    )
+
+
+def _decode(data: bytes, source: str) -> Mapping[str, Any]:
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{source}: expected UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{source}: not valid TOML: {e}"]) from None
+
+
+def load(path: str | os.PathLike[str], *, emulate: bool = False) -> Config:
+    """Load and validate a config file. Raises ConfigError (naming the file) for any problem."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read the config file: {e.strerror or e}"]) from None
+    return parse(_decode(data, str(p)), str(p), emulate=emulate, digest=hashlib.sha256(data).hexdigest()[:12])
+
+
+def demo_bytes() -> bytes:
+    return resources.files("agent").joinpath(DEMO_CONFIG_NAME).read_bytes()
+
+
+def load_demo(*, emulate: bool = True) -> Config:
+    """The built-in demo: an emulated machine with a vibration sensor and a bearing temperature probe."""
+    data = demo_bytes()
+    source = "<built-in demo>"
+    return parse(_decode(data, source), source, emulate=emulate, digest=hashlib.sha256(data).hexdigest()[:12])
+
+
+def resolve_state_dir(cli_value: str | None, config: Config) -> Path:
+    """--state-dir, else the config's agent.state_dir, else $STATE_DIRECTORY (systemd), else XDG state home."""
+    if cli_value:
+        return Path(cli_value).expanduser()
+    if config.agent.state_dir is not None:
+        return config.agent.state_dir
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "edge-agent"

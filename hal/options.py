@@ -1,0 +1,106 @@
+"""Declarative option schemas for drivers and buses: each driver declares its options beside its code.
+
+`parse_options` checks a mapping against a schema and reports *every* problem at once, each with the key it
+concerns, so the agent's config loader can prefix the key path (`sensors[1].options.address`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_MISSING = object()
+REQUIRED: Any = _MISSING  # use as an Option default to make the option mandatory
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its name, expected type(s), default (absent means required), an optional check and doc."""
+
+    name: str
+    type: type | tuple[type, ...]
+    default: Any = _MISSING
+    doc: str = ""
+    check: Callable[[Any], str | None] | None = None  # returns an "expected ..." message, or None if fine
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+
+def type_name(t: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+             dict: "a table"}
+    if isinstance(t, tuple):
+        if set(t) == {int, float}:
+            return "a number"
+        return " or ".join(names.get(x, x.__name__) for x in t)
+    return names.get(t, t.__name__)
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _type_ok(value: Any, t: type | tuple[type, ...]) -> bool:
+    ts = t if isinstance(t, tuple) else (t,)
+    if isinstance(value, bool):
+        return bool in ts
+    if isinstance(value, int) and float in ts:
+        return True
+    return isinstance(value, ts)
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else "expected a positive number"
+
+
+def non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "expected a number >= 0"
+
+
+def in_range(lo: float, hi: float) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if lo <= v <= hi else f"expected a number from {lo} to {hi}"
+    return check
+
+
+def parse_options(schema: list[Option], options: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Check `options` against `schema`. Returns (values with defaults filled in, [(key, message), ...])."""
+    values: dict[str, Any] = {}
+    errors: list[tuple[str, str]] = []
+    known = {o.name for o in schema}
+    for key in options:
+        if key not in known:
+            errors.append((key, f"unknown option (known: {', '.join(sorted(known)) or 'none'})"))
+    for opt in schema:
+        if opt.name not in options:
+            if opt.required:
+                errors.append((opt.name, f"missing: expected {type_name(opt.type)}{': ' + opt.doc if opt.doc else ''}"))
+            else:
+                values[opt.name] = opt.default
+            continue
+        value = options[opt.name]
+        if not _type_ok(value, opt.type):
+            errors.append((opt.name, f"expected {type_name(opt.type)}, got {describe(value)}"))
+            continue
+        if opt.choices is not None and value not in opt.choices:
+            errors.append((opt.name, f"expected one of {', '.join(map(describe, opt.choices))}, got {describe(value)}"))
+            continue
+        if opt.check is not None:
+            problem = opt.check(value)
+            if problem:
+                errors.append((opt.name, f"{problem}, got {describe(value)}"))
+                continue
+        values[opt.name] = float(value) if opt.type is float and isinstance(value, int) else value
+    return values, errors
