@@ -106,9 +106,14 @@ def validate_driver_options(driver: str, options: Mapping[str, Any]) -> tuple[di
     return parse_options(schema, options)
 
 
-def open_source(driver: str, name: str, options: Mapping[str, Any], context: HalContext) -> SlowSource | StreamSource:
-    """Construct a driver with validated options (raise ConfigurationError listing every problem otherwise)."""
+def open_source(driver: str, name: str, options: Mapping[str, Any], context: HalContext,
+                bus: str | None = None) -> SlowSource | StreamSource:
+    """Construct (not open) a driver with validated options; raise ConfigurationError listing every problem.
+
+    Drivers are constructed as `Driver(name, options, context, bus=BUS_NAME_OR_NONE)`; `context.buses[bus]` is the
+    bus's options table.
+    """
     values, errors = validate_driver_options(driver, options)
     if errors:
         raise ConfigurationError("; ".join(f"{name}.{k}: {m}" for k, m in errors))
-    return driver_class(driver)(name, values, context)
+    return driver_class(driver)(name, values, context, bus=bus)

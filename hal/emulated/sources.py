@@ -30,7 +30,7 @@ class EmulatedVibration:
         Option("max_lag_s", (int, float), 2.0, "skip ahead (and report a gap) when this far behind", positive),
     ]
 
-    def __init__(self, name: str, options: Mapping[str, Any], context: HalContext) -> None:
+    def __init__(self, name: str, options: Mapping[str, Any], context: HalContext, bus: str | None = None) -> None:
         self.name = name
         self.rate_hz = float(options["rate_hz"])
         self.block_size = int(options["block_size"])
@@ -84,7 +84,7 @@ class EmulatedTemperature:
         Option("fail", bool, False, "emulate a dead probe: every read is bad"),
     ]
 
-    def __init__(self, name: str, options: Mapping[str, Any], context: HalContext) -> None:
+    def __init__(self, name: str, options: Mapping[str, Any], context: HalContext, bus: str | None = None) -> None:
         self.name = name
         self.channel = options["channel"] or name
         self.noise_c = float(options["noise_c"])

@@ -1,0 +1,60 @@
+"""The `edge-agent` command line.
+
+Subcommands live in small modules listed in `COMMAND_MODULES`; each has `register(subparsers)` that adds its
+parsers with `set_defaults(func=handler)`, where `handler(args) -> int` returns the exit code. Heavy imports
+(numba, paho, pymodbus) happen inside handlers, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from agent import __version__
+
+# One line per module; each module owns its subcommands.
+COMMAND_MODULES = [
+    "agent.cli_core",
+]
+
+EPILOG = """\
+examples:
+  edge-agent run --emulate                      run the built-in emulated demo against mqtt://localhost:1883
+  edge-agent run --config /etc/edge-agent/agent.toml
+  edge-agent config check examples/agent.toml   validate a config and print a summary
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Industrial edge agent: reads sensors (GPIO, I2C, serial, Modbus), computes condition-monitoring "
+                    "features at the edge, stores every record in a durable SQLite outbox and forwards it over MQTT.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
