@@ -91,6 +91,7 @@ class OutboxConfig:
     commit_max_records: int = 500
     synchronous: str = "full"
     max_mb: float = 256.0
+    policy: str = "drop_oldest"
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,8 @@ _OUTBOX_OPTIONS = [
     Option("commit_max_records", int, 500, "commit early after this many records", in_range(1, 1000000)),
     Option("synchronous", str, "full", "SQLite synchronous mode", choices=("full", "normal", "extra", "off")),
     Option("max_mb", (int, float), 256.0, "outbox size bound in MB", positive),
+    Option("policy", str, "drop_oldest", "what to drop when the outbox is full",
+           choices=("drop_oldest", "drop_newest")),
 ]
 _SENSOR_GENERIC = [
     Option("name", str, REQUIRED, "the sensor's name, used as its stream name", _name_check),

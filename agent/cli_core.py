@@ -1,0 +1,145 @@
+"""Core subcommands: `run`, `config check`, `version`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+
+from agent import __version__
+from agent.config import DEFAULT_CONFIG_PATH, Broker, Config, load, load_demo, resolve_state_dir
+from agent.errors import ConfigError, OutboxError
+
+log = logging.getLogger("edge_agent")
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+
+
+def load_config(path: str | None, emulate: bool, *, quiet: bool = False) -> Config:
+    """--config FILE, else /etc/edge-agent/agent.toml if present, else the built-in emulated demo."""
+    if path:
+        return load(path, emulate=emulate)
+    if DEFAULT_CONFIG_PATH.exists():
+        return load(DEFAULT_CONFIG_PATH, emulate=emulate)
+    if not quiet and not emulate:
+        log.info("no config file (%s not found): running the built-in emulated demo", DEFAULT_CONFIG_PATH)
+    return load_demo(emulate=True)
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help=f"config file (default {DEFAULT_CONFIG_PATH}; without one, the built-in emulated demo)")
+    p.add_argument("--emulate", action="store_true",
+                   help="swap every bus for its emulated backend (no hardware needed)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config, args.emulate)
+        if args.broker:
+            try:
+                broker = Broker.parse(args.broker)
+            except ValueError as e:
+                raise ConfigError([f"--broker: {e}"]) from None
+            config = dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, broker=broker))
+    except ConfigError as e:
+        print(f"edge-agent: invalid configuration, not starting:\n{e}", file=sys.stderr)
+        return 2
+    state_dir = resolve_state_dir(args.state_dir, config)
+
+    from agent.pipeline import Agent  # heavy imports (numba, paho) only now
+
+    try:
+        agent = Agent(config, state_dir)
+    except ConfigError as e:
+        print(f"edge-agent: invalid configuration, not starting:\n{e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a driver rejecting its options, for instance
+        print(f"edge-agent: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        agent.start()
+    except OutboxError as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return 1
+    try:
+        while not stop.wait(1.0):
+            if args.duration and (agent.boot_ns and _elapsed_s(agent.boot_ns) >= args.duration):
+                break
+    finally:
+        agent.stop(drain_s=args.drain_s)
+    return 0
+
+
+def _elapsed_s(boot_ns: int) -> float:
+    from hal.types import now_ns
+    return (now_ns() - boot_ns) / 1e9
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        if args.file:
+            config = load(args.file, emulate=args.emulate)
+        elif DEFAULT_CONFIG_PATH.exists():
+            config = load(DEFAULT_CONFIG_PATH, emulate=args.emulate)
+        else:
+            config = load_demo()
+    except ConfigError as e:
+        print(f"invalid configuration ({len(e.problems)} problem{'s' if len(e.problems) != 1 else ''}):",
+              file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    print("configuration OK")
+    for line in config.summary():
+        print(f"  {line}")
+    print(f"  state dir: {resolve_state_dir(None, config)}")
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    import platform
+    print(f"edge-agent {__version__} (Python {platform.python_version()}, {platform.machine()})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run the agent (the built-in emulated demo if there is no config)",
+                         description="Run the agent: read sensors, compute features, store every record in the "
+                                     "outbox and forward it over MQTT. Stops cleanly on SIGINT/SIGTERM.")
+    add_config_args(run)
+    run.add_argument("--broker", metavar="URL", help="broker URL, overriding the config (mqtt://HOST:PORT)")
+    run.add_argument("--state-dir", metavar="DIR",
+                     help="where the outbox lives (default: the config's agent.state_dir, else $STATE_DIRECTORY, "
+                          "else ${XDG_STATE_HOME:-~/.local/state}/edge-agent)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (0: run forever)")
+    run.add_argument("--drain-s", type=float, default=3.0, metavar="S",
+                     help="at shutdown, keep publishing the outbox for up to S seconds (default 3)")
+    run.set_defaults(func=cmd_run)
+
+    config = sub.add_parser("config", help="check a configuration file")
+    csub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    check = csub.add_parser("check", help="validate a config file and print a summary (exit 2 if invalid)")
+    check.add_argument("file", nargs="?", metavar="FILE", help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    check.add_argument("--emulate", action="store_true", help="check it as `run --emulate` would use it")
+    check.set_defaults(func=cmd_config_check)
+    config.set_defaults(func=lambda a: (config.print_help(), 2)[1])
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=cmd_version)

@@ -1,0 +1,135 @@
+"""End to end with real parts: emulated sensors → windows → Numba kernel → SQLite outbox → Mosquitto → subscriber."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from tests.agent_helpers import run_agent, small_config, wait
+from tests.mqtt_helpers import MosquittoBroker, by_stream, free_port
+
+
+def _assert_contract(rec: dict, agent_id: str) -> None:
+    assert rec["agent"] == agent_id
+    assert isinstance(rec["seq"], int) and rec["seq"] >= 0
+    assert rec["quality"] in ("good", "uncertain", "bad")
+    assert rec["ts"].endswith("Z")
+    datetime.strptime(rec["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_records_reach_the_broker_with_the_wire_contract(broker, subscriber_factory, tmp_path: Path) -> None:
+    sub = subscriber_factory(broker.port)
+    agent = run_agent(small_config(broker.port), tmp_path / "state")
+    try:
+        assert sub.wait_for(lambda s: sum(1 for r in s.records() if r["stream"] == "vib") >= 6
+                            and sum(1 for r in s.records() if r["stream"] == "temp") >= 10)
+    finally:
+        agent.stop()
+    msgs = sub.snapshot()
+    data = [m for m in msgs if not m.topic.endswith("/status")]
+    for m in data:
+        rec = m.json()
+        _assert_contract(rec, "t1")
+        kind = "features" if rec["stream"] == "vib" else "reading"
+        assert m.topic == f"edge/t1/{kind}/{rec['stream']}"
+    seqs = by_stream([m.json() for m in data])
+    for stream, s in seqs.items():
+        assert s == list(range(len(s))), f"{stream}: {s}"  # from 0, increasing, no gaps, no duplicates
+    vib = next(m.json() for m in data if m.json()["stream"] == "vib")
+    assert vib["n"] == 250 and vib["rate_hz"] == 1000.0 and vib["unit"] == "m/s2"
+    # the emulated plant: 2 m/s² imbalance + 0.6 m/s² misalignment + 0.3 m/s² noise → RMS ≈ 1.52 m/s²
+    for axis in ("x", "y"):
+        assert 1.2 < vib["features"][axis]["rms"] < 1.9
+        assert vib["features"][axis]["peak"] >= vib["features"][axis]["rms"]
+    temp = next(m.json() for m in data if m.json()["stream"] == "temp")
+    assert temp["unit"] == "degC" and 30 < temp["value"] < 50
+    status = [m for m in msgs if m.topic == "edge/t1/status"]
+    assert status[0].json()["status"] == "online" and status[0].json()["version"]
+    assert status[-1].json() == {"agent": "t1", "status": "offline"}
+
+
+def test_birth_is_retained_and_last_will_says_offline(broker, subscriber_factory, tmp_path: Path) -> None:
+    """The agent process dies without a word: the broker publishes the retained `offline` Last Will."""
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--emulate", "--broker", broker.url,
+                             "--state-dir", str(tmp_path / "state")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        late = None
+        first = subscriber_factory(broker.port, "edge/demo/status")
+        assert first.wait_for(lambda s: any(m.json()["status"] == "online" for m in s.snapshot()), 30)
+        # a subscriber arriving later still sees the retained birth
+        late = subscriber_factory(broker.port, "edge/demo/status")
+        assert late.wait_for(lambda s: any(m.retain and m.json()["status"] == "online" for m in s.snapshot()))
+        proc.kill()
+        proc.wait(10)
+        assert first.wait_for(lambda s: s.snapshot()[-1].json()["status"] == "offline", 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_cli_run_emulate_publishes_and_exits_cleanly_on_sigterm(broker, subscriber_factory, tmp_path: Path) -> None:
+    sub = subscriber_factory(broker.port)
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--emulate", "--broker", broker.url,
+                             "--state-dir", str(tmp_path / "state")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert sub.wait_for(lambda s: {"spindle_vibration", "bearing_temperature"} <= set(by_stream(s.records())),
+                            60)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "stopped" in out
+    assert sub.wait_for(lambda s: s.snapshot()[-1].topic == "edge/demo/status"
+                        and s.snapshot()[-1].json()["status"] == "offline")
+    for stream, seqs in by_stream(sub.records()).items():
+        assert seqs == sorted(set(seqs)), stream
+
+
+def test_broker_down_at_start_buffers_then_drains_in_order_none_twice(subscriber_factory, tmp_path: Path) -> None:
+    port = free_port()
+    b = MosquittoBroker(tmp_path, port)
+    agent = run_agent(small_config(port), tmp_path / "state")
+    try:
+        assert wait(lambda: agent.outbox.depth >= 30, 30), "the agent must keep acquiring with no broker"
+        assert agent.stats.get("uplink_connect_failures") >= 1
+        b.start()
+        sub = subscriber_factory(port)
+        # everything buffered plus what is produced meanwhile arrives: seq 0..N per stream with no holes
+        assert sub.wait_for(lambda s: all(len(v) >= 20 for v in by_stream(s.records()).values())
+                            and len(by_stream(s.records())) == 2, 30)
+        time.sleep(0.5)
+    finally:
+        agent.stop()
+        stopped_depth = agent.outbox.depth
+    sub.wait_for(lambda s: s.snapshot()[-1].topic.endswith("/status"), 5)
+    records = sub.records()
+    seqs = by_stream(records)
+    for stream, s in seqs.items():
+        assert s == list(range(len(s))), f"{stream}: out of order, duplicated or missing: {s}"
+    assert any(r.get("historical") for r in records), "the buffered backlog is marked historical"
+    assert stopped_depth == 0
+    b.stop()
+
+
+def test_seq_continues_across_restarts(broker, subscriber_factory, tmp_path: Path) -> None:
+    sub = subscriber_factory(broker.port)
+    state = tmp_path / "state"
+    for _ in range(3):
+        agent = run_agent(small_config(broker.port), state)
+        n0 = len(sub.records())
+        assert sub.wait_for(lambda s: len(s.records()) >= n0 + 5)
+        agent.stop()
+    seqs = by_stream(sub.records())
+    for stream, s in seqs.items():
+        assert s == list(range(len(s))), f"{stream} restarted its sequence: {s}"
+        assert len(s) > 3
