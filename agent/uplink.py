@@ -213,7 +213,7 @@ class Uplink:
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._sock_open = False
                 if self._session_up:
-                    self._on_disconnect(self._client, None, None, rc, None)
+                    self._on_disconnect(self._client, None, None, mqtt.error_string(rc), None)
                 self._session_up = False
                 if self._drain_deadline is not None:
                     break
