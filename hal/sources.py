@@ -88,6 +88,7 @@ class HalContext:
 DRIVERS: dict[str, str] = {
     "emulated.vibration": "hal.emulated.sources:EmulatedVibration",
     "emulated.temperature": "hal.emulated.sources:EmulatedTemperature",
+    "sensornode": "hal.sensornode.driver:SensorNode",
 }
 
 
