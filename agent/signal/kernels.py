@@ -132,10 +132,11 @@ def spectral_kurtosis(xd, sk_w, hop):
 def envelope_spectrum(y_spec, klo, khi, m, n):
     """Envelope (length m, at every n/m-th sample) and its amplitude spectrum (m//2+1 bins of rate/n Hz).
 
-    `y_spec` is rfft(hann · (x − mean)) of the n-sample window; the band is bins klo…khi inclusive.
+    `y_spec` is rfft(hann · (x − mean)) of the n-sample window; the band is bins klo…khi inclusive (klo ≥ 1), at
+    most m bins.
     """
     zb = np.zeros(m, dtype=np.complex128)
-    nb = khi - klo + 1
+    nb = min(khi - klo + 1, m, y_spec.shape[0] - klo)  # a band wider than m bins is cut at m
     for j in range(nb):
         zb[j] = 2.0 * y_spec[klo + j]
     z = np.fft.ifft(zb)
