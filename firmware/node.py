@@ -213,9 +213,11 @@ class Node:
 
     def _start(self, tag, mask, n):
         if mask == 0 or mask & ~self.avail_mask:
+            self.rx_errors += 1
             self._error(tag, P.T_START, P.E_ARG, b"channel mask not available")
             return
         if n < 1 or n > self.cfg.MAX_BLOCK:
+            self.rx_errors += 1
             self._error(tag, P.T_START, P.E_ARG, b"block size out of range")
             return
         self._stop_timer()
@@ -228,6 +230,7 @@ class Node:
 
     def _set_rate(self, tag, rate):
         if rate < self.cfg.MIN_RATE_HZ or rate > self.cfg.MAX_RATE_HZ:
+            self.rx_errors += 1
             self._error(tag, P.T_SET_RATE, P.E_ARG, b"rate out of range")
             return
         was = self.streaming
