@@ -22,7 +22,9 @@ class Option:
     type: type | tuple[type, ...]
     default: Any = _MISSING
     doc: str = ""
-    check: Callable[[Any], str | None] | None = None  # returns an "expected ..." message, or None if fine
+    # returns an "expected ..." message, or None if fine; a check of a nested list/table may instead return a list of
+    # (key suffix, message), e.g. [("[2].type", "expected one of ...")], reported as "<name>[2].type: ..."
+    check: Callable[[Any], Any] | None = None
     choices: tuple[Any, ...] | None = None
 
     @property
@@ -99,7 +101,11 @@ def parse_options(schema: list[Option], options: Mapping[str, Any]) -> tuple[dic
             continue
         if opt.check is not None:
             problem = opt.check(value)
-            if problem:
+            if isinstance(problem, list):  # a nested table/list: [(key suffix like "[2].type", message), ...]
+                if problem:
+                    errors.extend((f"{opt.name}{suffix}", message) for suffix, message in problem)
+                    continue
+            elif problem:
                 errors.append((opt.name, f"{problem}, got {describe(value)}"))
                 continue
         values[opt.name] = float(value) if opt.type is float and isinstance(value, int) else value

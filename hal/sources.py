@@ -89,6 +89,15 @@ DRIVERS: dict[str, str] = {
     "emulated.vibration": "hal.emulated.sources:EmulatedVibration",
     "emulated.temperature": "hal.emulated.sources:EmulatedTemperature",
     "sensornode": "hal.sensornode.driver:SensorNode",
+    "modbus": "hal.modbus.driver:ModbusDevice",
+    "adxl345": "hal.drivers.adxl345:ADXL345",
+    "bme280": "hal.drivers.bme280:BME280",
+    "ads1115": "hal.drivers.ads1115:ADS1115",
+    "ina219": "hal.drivers.ina219:INA219",
+    "gpio.state": "hal.gpio:GpioState",
+    "gpio.counter": "hal.gpio:GpioCounter",
+    "gpio.frequency": "hal.gpio:GpioFrequency",
+    "gpio.output": "hal.gpio:GpioOutput",
 }
 
 
@@ -103,8 +112,13 @@ def driver_class(driver: str) -> type:
 
 def validate_driver_options(driver: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Check a driver's options. Returns (values, [(key, message)]); raises ConfigurationError for an unknown driver."""
-    schema: list[Option] = getattr(driver_class(driver), "OPTIONS", [])
-    return parse_options(schema, options)
+    cls = driver_class(driver)
+    schema: list[Option] = getattr(cls, "OPTIONS", [])
+    values, errors = parse_options(schema, options)
+    validate = getattr(cls, "validate", None)  # optional cross-option checks: validate(values) -> [(key, message)]
+    if not errors and validate is not None:
+        errors = list(validate(values))
+    return values, errors
 
 
 def open_source(driver: str, name: str, options: Mapping[str, Any], context: HalContext,
