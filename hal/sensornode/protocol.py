@@ -72,13 +72,13 @@ class CobsError(ValueError):
 
 def cobs_decode(data: bytes | bytearray | memoryview) -> bytes:
     """Decode one frame's COBS groups (delimiter stripped); raise CobsError if malformed."""
+    if bytes(data).find(0) >= 0:
+        raise CobsError("zero byte inside a COBS frame")
     out = bytearray()
     n = len(data)
     i = 0
     while i < n:
         code = data[i]
-        if code == 0:
-            raise CobsError("zero byte inside a COBS frame")
         end = i + code
         if end > n:
             raise CobsError(f"COBS group of {code - 1} bytes overruns the frame ({n - i - 1} left)")
