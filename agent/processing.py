@@ -1,23 +1,39 @@
 """Per-sensor processing: turns what a source delivers into records (`Emit`s) for the outbox.
 
-* Stream sensors: blocks → windows (`agent.windows`) → feature kernels (`agent.signal`) → one `features`
-  record per window on stream `<sensor>`.
-* Slow sensors: every reading → one `reading` record on stream `<channel>`.
+Streams (each carries one kind; docs/signal.md lists every payload):
 
-A processor is plain, single-threaded code called by the pipeline's processing thread; it does no I/O.
+* stream sensors: blocks → windows (`agent.windows`) → feature kernels (`agent.signal`) → one `features` record
+  per window on `<sensor>`; with `features.state`, a time-in-state report (`features`) on `<sensor>.state`;
+  state changes, zone changes and anomalies as `event`s on `<sensor>.events`;
+* slow sensors: readings → `reading` records on `<channel>` (every reading, or by exception with a deadband
+  and heartbeat; counters carry deltas); with `features.aggregate_s`, interval statistics (`features`) on
+  `<channel>.stats`; with `features.state`, `<channel>.state` reports; events on `<channel>.events`.
+
+A processor is plain, single-threaded code called by the pipeline's processing thread; it does no I/O. `tick`
+is called about every 0.5 s with the wall clock; interval reports, heartbeats and state reports happen there.
+Processors of one pipeline share a `ValueBoard`, through which a stream sensor reads the shaft speed from a
+tachometer sensor. Numba is imported when the first stream processor is built, not when this module is.
 """
 
 from __future__ import annotations
 
+import math
+import threading
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
 from agent.config import SensorConfig
+from agent.errors import ConfigError
 from agent.records import Emit
-from agent.signal import rms_peak
+from agent.signal import iso
+from agent.signal.schema import validate_features
+from agent.signal.slow import NS, AnomalyDetector, Counter, Deadband, IntervalStats, MachineState, is_number
 from agent.windows import Windower
-from hal.types import Block, Reading
+from hal.types import Block, Quality, Reading
+
+DEFAULT_HEARTBEAT_S = 300.0
 
 
 class Processor(Protocol):
@@ -26,55 +42,277 @@ class Processor(Protocol):
     def tick(self, now_ns: int) -> list[Emit]: ...
 
 
+class ValueBoard:
+    """The latest good numeric value of each slow channel, shared by the processors of one pipeline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, tuple[int, float, str]] = {}
+
+    def post(self, channel: str, ts_ns: int, value: float, unit: str = "") -> None:
+        with self._lock:
+            self._values[channel] = (ts_ns, float(value), unit)
+
+    def get(self, channel: str) -> tuple[int, float, str] | None:
+        with self._lock:
+            return self._values.get(channel)
+
+
+# Used when the pipeline does not pass its own board (one board per pipeline is the intended wiring).
+DEFAULT_BOARD = ValueBoard()
+
+
+def _validated(sensor: SensorConfig) -> dict[str, Any]:
+    values, errors = validate_features(sensor.kind, sensor.features)
+    if errors:
+        where = sensor.path or sensor.name
+        raise ConfigError([f"{where}.features{'.' + k if k else ''}: {m}" for k, m in errors])
+    return values
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, (np.floating, np.integer, np.bool_)) else value
+
+
+class StateReporter:
+    """Machine state plus its periodic time-in-state report, for either kind of sensor."""
+
+    def __init__(self, settings: Mapping[str, Any], stream: str) -> None:
+        self.machine = MachineState(settings["off_below"], settings["running_above"], settings["hysteresis"],
+                                    settings["min_dwell_s"])
+        self.source = settings["source"]
+        self.period_ns = int(settings["report_s"] * NS)
+        self.stream = stream
+        self._next_ns: int | None = None
+        self._reported = self.machine.totals_ns()
+
+    def observe(self, ts_ns: int, value: float, events_stream: str) -> list[Emit]:
+        if self._next_ns is None:
+            self._next_ns = (ts_ns // self.period_ns + 1) * self.period_ns
+        t = self.machine.observe(ts_ns, value)
+        if t is None:
+            return []
+        payload = {"event": "state", "state": t.state, "previous": t.previous, "value": t.value,
+                   "previous_s": t.previous_s}
+        return [Emit("event", events_stream, t.since_ns, payload)]
+
+    def tick(self, now_ns: int) -> list[Emit]:
+        if self._next_ns is None:
+            self._next_ns = (now_ns // self.period_ns + 1) * self.period_ns
+            return []
+        if now_ns < self._next_ns:
+            return []
+        start = self._next_ns - self.period_ns
+        self._next_ns = (now_ns // self.period_ns + 1) * self.period_ns
+        totals = self.machine.totals_ns()
+        spent = {s: (totals[s] - self._reported[s]) / NS for s in totals}
+        self._reported = totals
+        observed = sum(spent.values())
+        payload: dict[str, Any] = {"state": self.machine.state, "interval_s": self.period_ns / NS}
+        payload.update({f"{s}_s": round(v, 3) for s, v in spent.items()})
+        payload["availability"] = round(spent["running"] / observed, 6) if observed > 0 else None
+        return [Emit("features", self.stream, start, payload)]
+
+
 class StreamFeatures:
     """Windows a high-rate sensor and computes its features per window and axis."""
 
-    def __init__(self, sensor: SensorConfig) -> None:
+    def __init__(self, sensor: SensorConfig, board: ValueBoard | None = None) -> None:
+        from agent.signal.analyzer import Analyzer  # imports Numba: after configure_cache()
+
+        self._analyzer_class = Analyzer
         self.sensor = sensor
+        self.settings = _validated(sensor)
+        self.board = board if board is not None else DEFAULT_BOARD
         self.windower = Windower(sensor.window, sensor.hop)
+        self.events_stream = f"{sensor.name}.events"
+        self._analyzers: dict[float, Any] = {}
+        s = self.settings
+        self.state = StateReporter(s["state"], f"{sensor.name}.state") if s["state"] else None
+        a = s["anomaly"]
+        self.anomaly = AnomalyDetector(a["z"], a["warmup"], a["adapt"]) if a else None
+        self.watched = tuple(a.get("features") or ("rms", "kurtosis", "velocity_rms")) if a else ()
+        self.zone: str | None = None
+        self.windows = 0
+
+    def analyzer(self, rate_hz: float) -> Any:
+        an = self._analyzers.get(rate_hz)
+        if an is None:
+            an = self._analyzers[rate_hz] = self._analyzer_class(self.settings, rate_hz, self.sensor.window)
+        return an
+
+    def shaft_hz(self, ts_ns: int) -> float | None:
+        s = self.settings
+        if s["shaft_hz"]:
+            return float(s["shaft_hz"])
+        if not s["tachometer"]:
+            return None
+        got = self.board.get(s["tachometer"])
+        if got is None or abs(ts_ns - got[0]) > s["tachometer_max_age_s"] * NS or not got[1] > 0:
+            return None
+        ts, value, unit = got
+        return value / 60.0 if unit.lower() in ("rpm", "1/min", "r/min") else value
 
     def on_block(self, block: Block) -> list[Emit]:
         out: list[Emit] = []
         for w in self.windower.push(block):
-            features: dict[str, Any] = {}
-            for k, axis in enumerate(block.axes):
-                rms, peak = rms_peak(w.samples[:, k])
-                features[axis] = {"rms": float(rms), "peak": float(peak)}
+            an = self.analyzer(w.rate_hz)
+            shaft = self.shaft_hz(w.t0_ns)
+            features = an.features(w.samples, block.axes, shaft)
             payload: dict[str, Any] = {"unit": block.unit, "rate_hz": w.rate_hz, "n": int(w.samples.shape[0]),
                                        "features": features}
+            payload.update(an.context(shaft))
             if w.gap_before:
                 payload["gap_before"] = w.gap_before
+            zone = iso.worst([f.get("zone") for f in features.values()]) if an.zone_limits else None
+            if zone:
+                payload["zone"] = zone
             out.append(Emit("features", self.sensor.name, w.t0_ns, payload, w.quality))
+            self.windows += 1
+            if w.quality == Quality.BAD:
+                continue
+            if zone and zone != self.zone:
+                if self.zone is not None:
+                    out.append(Emit("event", self.events_stream, w.t0_ns,
+                                    {"event": "zone", "zone": zone, "previous": self.zone}, w.quality))
+                self.zone = zone
+            if self.state is not None:
+                levels = [f.get(self.state.source) for f in features.values()]
+                levels = [v for v in levels if is_number(v) and math.isfinite(v)]
+                if levels:
+                    out.extend(self.state.observe(w.t0_ns, max(levels), self.events_stream))
+            if self.anomaly is not None:
+                for axis, f in features.items():
+                    for name in self.watched:
+                        if name in f:
+                            ev = self.anomaly.observe(f"{axis}.{name}", f[name])
+                            if ev:
+                                out.append(Emit("event", self.events_stream, w.t0_ns, ev, w.quality))
         return out
 
     def on_reading(self, reading: Reading) -> list[Emit]:
         return []
 
     def tick(self, now_ns: int) -> list[Emit]:
-        return []
+        return self.state.tick(now_ns) if self.state is not None else []
+
+
+class _Channel:
+    """What a slow processor keeps per channel."""
+
+    def __init__(self, channel: str, s: Mapping[str, Any]) -> None:
+        self.channel = channel
+        db, pct = s["deadband"], s["deadband_pct"]
+        self.deadband = Deadband(db, pct, s["heartbeat_s"] or DEFAULT_HEARTBEAT_S) if (db or pct) else None
+        self.pending: Reading | None = None  # the latest reading held back by the deadband
+        self.counter = Counter(s["rollover"]) if s["counter"] else None
+        self.counter_started = False  # a delta needs two readings
+        self.unpublished_delta: int | float = 0
+        self.interval_delta: int | float = 0
+        self.period_ns = int(s["aggregate_s"] * NS)
+        self.stats = IntervalStats() if self.period_ns else None
+        self.interval_start: int | None = None
+        self.unit = ""
+        self.state = StateReporter(s["state"], f"{channel}.state") if s["state"] else None
+        a = s["anomaly"]
+        self.anomaly = AnomalyDetector(a["z"], a["warmup"], a["adapt"]) if a else None
+        self.events = f"{channel}.events"
 
 
 class SlowReadings:
-    """Publishes every reading of a slow sensor as a `reading` record."""
+    """Publishes the readings of a slow sensor (all, or by exception) and what is derived from them."""
 
-    def __init__(self, sensor: SensorConfig) -> None:
+    def __init__(self, sensor: SensorConfig, board: ValueBoard | None = None) -> None:
         self.sensor = sensor
+        self.settings = _validated(sensor)
+        self.board = board if board is not None else DEFAULT_BOARD
+        self.channels: dict[str, _Channel] = {}
+
+    def _channel(self, name: str) -> _Channel:
+        ch = self.channels.get(name)
+        if ch is None:
+            ch = self.channels[name] = _Channel(name, self.settings)
+        return ch
+
+    def _reading_emit(self, ch: _Channel, r: Reading, value: Any) -> Emit:
+        payload: dict[str, Any] = {"value": value, "unit": r.unit}
+        if r.error:
+            payload["error"] = r.error
+        if ch.counter is not None and ch.counter_started:
+            payload["delta"] = ch.unpublished_delta
+            payload["total"] = ch.counter.total
+            ch.unpublished_delta = 0
+        return Emit("reading", r.channel, r.ts_ns, payload, r.quality)
+
+    def _close_interval(self, ch: _Channel, end_ns: int) -> list[Emit]:
+        """Report the interval that ends at `end_ns` (if one is open) and open the one containing `end_ns`."""
+        out: list[Emit] = []
+        if ch.stats is None:
+            return out
+        if ch.interval_start is not None and end_ns >= ch.interval_start + ch.period_ns:
+            payload = {"interval_s": ch.period_ns / NS, "unit": ch.unit, **ch.stats.summary()}
+            if ch.counter is not None:
+                payload["delta"] = ch.interval_delta
+            q = (Quality.BAD if not ch.stats.count else Quality.UNCERTAIN if ch.stats.bad else Quality.GOOD)
+            out.append(Emit("features", f"{ch.channel}.stats", ch.interval_start, payload, q))
+            ch.stats.reset()
+            ch.interval_delta = 0
+            ch.interval_start = None
+        if ch.interval_start is None:
+            ch.interval_start = end_ns // ch.period_ns * ch.period_ns
+        return out
 
     def on_block(self, block: Block) -> list[Emit]:
         return []
 
     def on_reading(self, reading: Reading) -> list[Emit]:
-        value = reading.value
-        if isinstance(value, (np.floating, np.integer)):
-            value = value.item()
-        payload: dict[str, Any] = {"value": value, "unit": reading.unit}
-        if reading.error:
-            payload["error"] = reading.error
-        return [Emit("reading", reading.channel, reading.ts_ns, payload, reading.quality)]
+        r = reading
+        value = _plain(r.value)
+        ch = self._channel(r.channel)
+        ch.unit = r.unit or ch.unit
+        out = self._close_interval(ch, r.ts_ns)
+        good = r.quality != Quality.BAD and value is not None
+        numeric = good and is_number(value) and math.isfinite(value)
+        if numeric:
+            self.board.post(r.channel, r.ts_ns, value, r.unit)
+        if ch.counter is not None and numeric:
+            delta = ch.counter.update(value)
+            if delta is not None:
+                ch.counter_started = True
+                ch.unpublished_delta += delta
+                ch.interval_delta += delta
+        if ch.stats is not None:
+            if numeric:
+                ch.stats.add(value)
+            elif not good:
+                ch.stats.bad += 1
+        if numeric and ch.state is not None:
+            out.extend(ch.state.observe(r.ts_ns, float(value), ch.events))
+        if numeric and ch.anomaly is not None:
+            ev = ch.anomaly.observe("value", float(value))
+            if ev:
+                out.append(Emit("event", ch.events, r.ts_ns, ev, r.quality))
+        if ch.deadband is None or ch.deadband.offer(r.ts_ns, value, r.quality):
+            ch.pending = None
+            out.append(self._reading_emit(ch, r, value))
+        else:
+            ch.pending = r
+        return out
 
     def tick(self, now_ns: int) -> list[Emit]:
-        return []
+        out: list[Emit] = []
+        for ch in self.channels.values():
+            out.extend(self._close_interval(ch, now_ns))
+            if ch.deadband is not None and ch.pending is not None and ch.deadband.silent_too_long(now_ns):
+                r, ch.pending = ch.pending, None
+                value = _plain(r.value)
+                ch.deadband.mark(r.ts_ns, value, r.quality)
+                out.append(self._reading_emit(ch, r, value))
+            if ch.state is not None:
+                out.extend(ch.state.tick(now_ns))
+        return out
 
 
-def make_processor(sensor: SensorConfig) -> Processor:
-    return StreamFeatures(sensor) if sensor.kind == "stream" else SlowReadings(sensor)
+def make_processor(sensor: SensorConfig, board: ValueBoard | None = None) -> Processor:
+    """The processor of one sensor. Pass one `ValueBoard` per pipeline (a tachometer is found through it)."""
+    return StreamFeatures(sensor, board) if sensor.kind == "stream" else SlowReadings(sensor, board)
