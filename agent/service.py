@@ -1,0 +1,593 @@
+"""Running under systemd: sd_notify (READY, WATCHDOG, STATUS, RELOADING, STOPPING), the local status socket that
+`edge-agent status` reads, and the periodic `health` record.
+
+Owns: the notify protocol (spoken directly over a datagram socket, no dependency), the watchdog decision (ping only
+while every stage of the pipeline makes progress), the status socket server and its JSON document. Must not touch
+the pipeline's internals beyond its public attributes (`agent.stats`, `agent.outbox`, `agent.uplink`,
+`agent.config`, `agent.readers`); records go through `agent.outbox.put` like any other stage's.
+
+`cmd_run` drives it from the main thread:
+
+    service = Service(agent, status_socket=default_status_socket(state_dir))
+    agent.start(); service.ready()
+    while not stop.wait(1.0): service.tick()
+    service.stopping(); agent.stop()
+
+Without `NOTIFY_SOCKET` (a terminal, a test) every notification is a no-op; the status socket and health records
+work all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.health import HEALTH_STREAM, HealthMonitor, OutboxHead, counters, drops, stage_ages
+from agent.records import Emit, iso_ts
+from hal.types import now_ns
+
+log = logging.getLogger("edge_agent.service")
+
+STATUS_SOCKET_NAME = "status.sock"
+RUNTIME_DIR_DEFAULT = Path("/run/edge-agent")
+RATE_WINDOW_S = 60.0
+# A stage that waits on purpose (a slow sensor's poll interval, a reader's retry back-off after a fault) is not
+# stuck: reader stages get their interval plus the reader's longest back-off on top of the stall limit.
+READER_MAX_BACKOFF_S = 60.0
+
+
+# -- sd_notify ------------------------------------------------------------------------------------------------------
+
+def _notify_address(value: str) -> str | bytes | None:
+    if not value:
+        return None
+    if value.startswith("@"):  # abstract namespace: a leading NUL byte, no file
+        return b"\0" + value[1:].encode()
+    if value.startswith("/"):
+        return value
+    return None  # vsock: addresses (systemd >= 253) are not used on a Pi
+
+
+class Notifier:
+    """Speaks the sd_notify protocol: one datagram of `KEY=VALUE` lines per message to `$NOTIFY_SOCKET`.
+
+    A no-op when the variable is unset. A send that fails is logged once and does not raise: the agent keeps
+    running (systemd will restart it if it was the watchdog that could not be reached).
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        raw = env.get("NOTIFY_SOCKET", "")
+        self.address = _notify_address(raw)
+        if raw and self.address is None:
+            log.warning("NOTIFY_SOCKET=%r is not a UNIX socket path or @abstract name; not notifying systemd", raw)
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._failed = False
+        self.watchdog_usec = 0
+        wd_raw = env.get("WATCHDOG_USEC", "")
+        wd_pid = env.get("WATCHDOG_PID", "")
+        if wd_raw:
+            try:
+                usec = int(wd_raw)
+                if usec <= 0:
+                    raise ValueError
+            except ValueError:
+                log.warning("WATCHDOG_USEC=%r is not a positive integer; watchdog pings disabled", wd_raw)
+            else:
+                if wd_pid and wd_pid != str(os.getpid()):
+                    log.info("WATCHDOG_PID=%s is not this process (%d); watchdog pings disabled", wd_pid, os.getpid())
+                else:
+                    self.watchdog_usec = usec
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def send(self, *lines: str) -> bool:
+        if self.address is None:
+            return False
+        data = "\n".join(lines).encode()
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.sendto(data, self.address)
+            except OSError as e:
+                if not self._failed:
+                    log.error("cannot notify systemd at %r: %s", os.environ.get("NOTIFY_SOCKET", self.address), e)
+                    self._failed = True
+                return False
+        if self._failed:
+            log.info("notifying systemd works again")
+            self._failed = False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+def monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+# -- what the agent emits, as seen by status ------------------------------------------------------------------------
+
+class StreamTap:
+    """Watches the records the pipeline emits: the last value and actual rate per stream, gaps and gap events.
+
+    Installed on `agent.outbox` (through `Outbox.add_observer` when it exists, else by wrapping `put`). Cheap: a
+    dict update and a deque append per record, on the producing thread.
+    """
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._last: dict[str, Emit] = {}
+        self._times: dict[str, deque[float]] = {}
+        self._gap_samples: dict[str, int] = {}
+        self._gap_events = 0
+        self._gap_records = 0
+        self._since = time.monotonic()
+        self._installed_on: Any = None
+
+    def install(self, outbox: Any) -> None:
+        if outbox is self._installed_on:
+            return
+        add = getattr(outbox, "add_observer", None)
+        if callable(add):
+            add(self.observe)
+        else:
+            original = outbox.put
+
+            def put(emit: Emit, _orig: Callable[[Emit], bool] = original) -> bool:
+                ok = _orig(emit)
+                if ok:
+                    self.observe(emit)
+                return ok
+
+            outbox.put = put
+        self._installed_on = outbox
+
+    def observe(self, emit: Emit) -> None:
+        t = time.monotonic()
+        with self._lock:
+            if emit.kind == "health":
+                return
+            self._last[emit.stream] = emit
+            q = self._times.setdefault(emit.stream, deque())
+            q.append(t)
+            while q and t - q[0] > self.window_s:
+                q.popleft()
+            gap = emit.payload.get("gap_before") if isinstance(emit.payload, dict) else None
+            if isinstance(gap, int) and gap > 0:
+                self._gap_samples[emit.stream] = self._gap_samples.get(emit.stream, 0) + gap
+            if emit.kind == "event" and emit.payload.get("event") == "gap":
+                self._gap_events += 1
+                count = emit.payload.get("count")
+                if isinstance(count, int):
+                    self._gap_records += count
+
+    def streams(self) -> dict[str, dict[str, Any]]:
+        """Per stream: last record (ts, quality, value or features), its age, the actual rate over the window."""
+        t = time.monotonic()
+        wall = now_ns()
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            span = min(self.window_s, max(t - self._since, 1e-3))
+            for stream, e in self._last.items():
+                q = self._times.get(stream, deque())
+                n = sum(1 for x in q if t - x <= span)
+                out[stream] = {"kind": e.kind, "last": _last_value(e), "age_s": round((wall - e.ts_ns) / 1e9, 1),
+                               "rate_hz": round(n / span, 3)}
+        return out
+
+    def gaps(self) -> dict[str, Any]:
+        with self._lock:
+            return {"samples_lost": dict(self._gap_samples), "outbox_gap_events": self._gap_events,
+                    "outbox_records_dropped": self._gap_records}
+
+
+def _last_value(e: Emit | Any) -> dict[str, Any]:
+    payload = e.payload if isinstance(e.payload, dict) else {}
+    out: dict[str, Any] = {"ts": iso_ts(e.ts_ns), "quality": str(e.quality)}
+    if e.kind == "reading":
+        out["value"] = payload.get("value")
+        out["unit"] = payload.get("unit", "")
+        if payload.get("error"):
+            out["error"] = payload["error"]
+    elif e.kind == "features":
+        out["features"] = payload.get("features")
+        out["unit"] = payload.get("unit", "")
+    else:
+        out["payload"] = payload
+    return out
+
+
+def sensor_streams(sensor: Any, streams: list[str]) -> list[str]:
+    """The streams a sensor produces: its name, `<name>.<channel>` (Modbus registers), or its `channel` option."""
+    name = sensor.name
+    channel = (getattr(sensor, "options", None) or {}).get("channel") or ""
+    return [s for s in streams if s == name or s.startswith(name + ".") or (channel and s == channel)]
+
+
+def expected_rate_hz(sensor: Any) -> float | None:
+    """Records per second a sensor should produce: 1/interval for slow sensors, rate/hop for stream sensors."""
+    if getattr(sensor, "kind", "slow") == "stream":
+        rate = (getattr(sensor, "options", None) or {}).get("rate_hz")
+        hop = getattr(sensor, "hop", 0)
+        return round(float(rate) / hop, 3) if rate and hop else None
+    interval = getattr(sensor, "interval_s", 0)
+    return round(1.0 / interval, 3) if interval else None
+
+
+# -- the status socket ----------------------------------------------------------------------------------------------
+
+class StatusSocketError(OSError):
+    """The status socket cannot be served (path too long, another agent serving it, not a socket)."""
+
+
+def default_status_socket(state_dir: str | os.PathLike[str]) -> Path:
+    """`$RUNTIME_DIRECTORY/status.sock` under systemd (`RuntimeDirectory=`), else `<state_dir>/status.sock`."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "")
+    if runtime:
+        return Path(runtime.split(":")[0]) / STATUS_SOCKET_NAME
+    return Path(state_dir) / STATUS_SOCKET_NAME
+
+
+def status_socket_candidates(state_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """Where a client looks, in order: $RUNTIME_DIRECTORY, /run/edge-agent, the state directory."""
+    out: list[Path] = []
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        out.append(Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / STATUS_SOCKET_NAME)
+    out.append(RUNTIME_DIR_DEFAULT / STATUS_SOCKET_NAME)
+    if state_dir is not None:
+        out.append(Path(state_dir) / STATUS_SOCKET_NAME)
+    seen: set[Path] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+def read_status(path: str | os.PathLike[str], timeout: float = 3.0) -> dict[str, Any]:
+    """Connect to a status socket and return its JSON document. Raises OSError (or ValueError for bad JSON)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    doc = json.loads(b"".join(chunks).decode())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+class StatusServer:
+    """Serves one JSON document per connection on a UNIX stream socket (mode 0660), from its own thread."""
+
+    def __init__(self, path: str | os.PathLike[str], document: Callable[[], dict[str, Any]]) -> None:
+        self.path = Path(path)
+        self.document = document
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        path = self.path
+        if len(os.fsencode(path)) >= 108:
+            raise StatusSocketError(f"status socket path {path} is too long for a UNIX socket (at most 107 bytes)")
+        if path.exists() or path.is_symlink():
+            st = path.lstat()
+            if not stat.S_ISSOCK(st.st_mode):
+                raise StatusSocketError(f"{path} exists and is not a socket; not replacing it")
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(1.0)
+                    probe.connect(str(path))
+            except OSError:
+                path.unlink()  # stale: left by an agent that was killed
+            else:
+                raise StatusSocketError(f"another edge-agent is serving {path}; is the service already running?")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            old = os.umask(0o117)  # created 0660, never briefly world-accessible
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old)
+            os.chmod(path, 0o660)
+            sock.listen(8)
+            sock.settimeout(0.5)
+        except OSError as e:
+            sock.close()
+            raise StatusSocketError(f"cannot serve the status socket {path}: {e.strerror or e}") from e
+        self._sock = sock
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="status-socket", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    break
+                time.sleep(0.1)
+                continue
+            with conn:
+                try:
+                    conn.settimeout(2.0)
+                    body = json.dumps(self.document(), separators=(",", ":"), default=str, allow_nan=False)
+                    conn.sendall(body.encode() + b"\n")
+                except (OSError, ValueError) as e:
+                    log.debug("status client: %s", e)
+                except Exception:  # a bug building the document must not kill the server
+                    log.exception("building the status document failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            try:
+                if stat.S_ISSOCK(self.path.lstat().st_mode):
+                    self.path.unlink()
+            except OSError:
+                pass
+
+
+# -- the service ----------------------------------------------------------------------------------------------------
+
+class Service:
+    """The agent as a systemd service: readiness, watchdog, status, health. Call from the main thread."""
+
+    def __init__(self, agent: Any, *, status_socket: Path | None = None, health_interval_s: float = 60.0,
+                 status_interval_s: float = 10.0, min_stall_s: float = 5.0,
+                 reader_grace_s: float = READER_MAX_BACKOFF_S, environ: Mapping[str, str] | None = None) -> None:
+        self.agent = agent
+        self.notifier = Notifier(environ)
+        self.status_socket = Path(status_socket) if status_socket is not None else None
+        self.health_interval_s = health_interval_s
+        self.status_interval_s = status_interval_s
+        wd = self.notifier.watchdog_usec
+        # a stage that has not gone round its loop for this long is stuck: half the watchdog, at least 5 s
+        self.stall_limit_s = max(wd / 2e6, min_stall_s) if wd else max(10.0, min_stall_s)
+        self.reader_grace_s = reader_grace_s
+        self.tap = StreamTap()
+        self.tap.install(agent.outbox)
+        self.health = HealthMonitor(agent)
+        self._server: StatusServer | None = None
+        self._reader: Any = None
+        self._reader_lock = threading.Lock()
+        self._next_health = 0.0
+        self._last_status = ""
+        self._last_status_t = 0.0
+        self._stalled: list[str] = []
+        self._ready = False
+        self.watchdog_pings = 0
+
+    # -- life cycle -------------------------------------------------------------------------------------------
+
+    def ready(self) -> None:
+        """The pipeline runs: READY=1, serve the status socket, publish the first health record."""
+        if self.status_socket is not None:
+            server = StatusServer(self.status_socket, self.status_document)
+            try:
+                server.start()
+            except StatusSocketError as e:
+                log.error("%s; `edge-agent status` will read the outbox database instead", e)
+            else:
+                self._server = server
+                log.info("status socket: %s", self.status_socket)
+        self._ready = True
+        status = self._status_line()
+        self._last_status, self._last_status_t = status, time.monotonic()
+        self.notifier.send("READY=1", f"STATUS={status}")
+        if self.notifier.watchdog_usec:
+            log.info("systemd watchdog every %.0f s; a stage without progress for %.0f s stops the pings",
+                     self.notifier.watchdog_usec / 1e6, self.stall_limit_s)
+        self._emit_health()
+
+    def tick(self) -> None:
+        """About once a second: WATCHDOG=1 while every stage makes progress, STATUS= when it changes, health."""
+        now = time.monotonic()
+        stalled = self.stalled()
+        if stalled and stalled != self._stalled:
+            log.error("stalled: %s made no progress for more than %.0f s%s", ", ".join(stalled), self.stall_limit_s,
+                      "; withholding watchdog pings so systemd restarts the agent" if self.notifier.watchdog_usec
+                      else "")
+        elif not stalled and self._stalled:
+            log.warning("every stage is making progress again")
+        self._stalled = stalled
+        status = self._status_line()
+        lines = []
+        if not stalled and self.notifier.watchdog_usec:
+            lines.append("WATCHDOG=1")
+        if status != self._last_status or now - self._last_status_t >= self.status_interval_s:
+            lines.append(f"STATUS={status}")
+            self._last_status, self._last_status_t = status, now
+        if lines and self.notifier.send(*lines) and lines[0] == "WATCHDOG=1":
+            self.watchdog_pings += 1
+        if now >= self._next_health:
+            self._emit_health()
+
+    def reloading(self) -> None:
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}",
+                           "STATUS=reloading the configuration")
+
+    def reloaded(self, ok: bool, message: str) -> None:
+        self.tap.install(self.agent.outbox)  # a reload may have replaced the outbox object
+        if ok:
+            log.info("configuration reloaded: %s", message)
+            status = f"reloaded: {message}; {self._status_line()}"
+        else:
+            log.error("configuration rejected, keeping the running one: %s", message)
+            status = f"reload rejected, running the previous configuration: {message}"
+        self._last_status, self._last_status_t = status, time.monotonic()
+        self.notifier.send("READY=1", f"STATUS={_one_line(status)}")
+
+    def stopping(self) -> None:
+        self.notifier.send("STOPPING=1", "STATUS=stopping: flushing the outbox")
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        with self._reader_lock:
+            if self._reader is not None:
+                try:
+                    self._reader.close()
+                except Exception:
+                    pass
+                self._reader = None
+        self.notifier.close()
+
+    # -- decisions --------------------------------------------------------------------------------------------
+
+    def stalled(self) -> list[str]:
+        """Stages without progress for longer than the limit (reader stages get their interval and back-off)."""
+        stats = self.agent.stats
+        base = stats.stalled(self.stall_limit_s)
+        if not base:
+            return []
+        allowance: dict[str, float] = {}
+        for r in getattr(self.agent, "readers", []):
+            sensor = getattr(r, "sensor", None)
+            if sensor is not None:
+                extra = (getattr(sensor, "interval_s", 0.0) if getattr(sensor, "kind", "slow") == "slow" else 0.0)
+                allowance[f"reader.{sensor.name}"] = self.stall_limit_s + extra + self.reader_grace_s
+        out = []
+        for stage in base:
+            if stage in allowance:
+                if stage in stats.stalled(allowance[stage]):
+                    out.append(stage)
+            else:
+                out.append(stage)
+        return out
+
+    def _status_line(self) -> str:
+        agent = self.agent
+        depth = int(getattr(agent.outbox, "depth", 0))
+        link = counters(agent.stats).get("link", "down")
+        broker = agent.config.mqtt.broker.url
+        text = f"{len(agent.config.sensors)} sensors; outbox {depth} records; link {link} ({broker})"
+        fault = getattr(agent.outbox, "fault", None)
+        if fault:
+            text += f"; OUTBOX FAULT: {fault}"
+        if self._stalled:
+            text = f"STALLED: {', '.join(self._stalled)}; " + text
+        return _one_line(text)
+
+    # -- outbox head (a read connection of our own) -----------------------------------------------------------
+
+    def _outbox_head(self) -> OutboxHead:
+        depth = int(getattr(self.agent.outbox, "depth", 0))
+        oldest = None
+        size = None
+        with self._reader_lock:
+            try:
+                if self._reader is None:
+                    self._reader = self.agent.outbox.reader()
+                row = self._reader.conn.execute("SELECT ts_ns FROM records ORDER BY id LIMIT 1").fetchone()
+                oldest = int(row[0]) if row else None
+            except Exception as e:
+                log.debug("reading the outbox head: %s", e)
+                self._reader = None
+        path = getattr(self.agent.outbox, "path", None)
+        if path is not None:
+            try:
+                size = sum(p.stat().st_size for p in (Path(path), Path(f"{path}-wal")) if p.exists())
+            except OSError:
+                size = None
+        return OutboxHead(depth, oldest, size)
+
+    # -- health -----------------------------------------------------------------------------------------------
+
+    def health_payload(self) -> dict[str, Any]:
+        return self.health.sample(self._outbox_head())
+
+    def _emit_health(self) -> None:
+        self._next_health = time.monotonic() + self.health_interval_s
+        try:
+            payload = self.health_payload()
+            self.agent.outbox.put(Emit("health", HEALTH_STREAM, now_ns(), payload))
+        except Exception:  # self-monitoring must never take the agent down
+            log.exception("building the health record failed")
+
+    # -- the status document ----------------------------------------------------------------------------------
+
+    def status_document(self) -> dict[str, Any]:
+        agent = self.agent
+        cfg = agent.config
+        snap = counters(agent.stats)
+        t = now_ns()
+        head = self._outbox_head()
+        streams = self.tap.streams()
+        sensors = []
+        for s in cfg.sensors:
+            names = sensor_streams(s, list(streams))
+            rate = sum(streams[n]["rate_hz"] for n in names) if names else 0.0
+            sensors.append({
+                "name": s.name, "driver": s.driver, "kind": s.kind, "bus": s.bus,
+                "expected_rate_hz": expected_rate_hz(s), "rate_hz": round(rate, 3),
+                "streams": {n: streams[n] for n in names},
+                "errors": snap.get(f"reader_errors.{s.name}", 0) + snap.get(f"processing_errors.{s.name}", 0),
+                "dropped": snap.get(f"dropped.{s.name}", 0),
+            })
+        claimed = {n for s in cfg.sensors for n in sensor_streams(s, list(streams))}
+        uplink = agent.uplink
+        return {
+            "source": "service",
+            "agent": cfg.agent.id,
+            "version": __version__,
+            "pid": os.getpid(),
+            "ts": iso_ts(t),
+            "started": iso_ts(agent.boot_ns),
+            "uptime_s": round((t - agent.boot_ns) / 1e9, 1),
+            "config": {"path": cfg.source, "digest": cfg.digest, "emulate": cfg.emulate},
+            "state_dir": str(agent.state_dir),
+            "link": {"state": snap.get("link", "down"), "broker": cfg.mqtt.broker.url,
+                     "last_error": getattr(uplink, "last_error", ""),
+                     "connects": snap.get("uplink_connects", 0), "disconnects": snap.get("uplink_disconnects", 0),
+                     "inflight": snap.get("uplink_inflight", 0), "published": snap.get("uplink_published", 0),
+                     "acked": snap.get("uplink_acked", 0)},
+            "outbox": {"path": str(getattr(agent.outbox, "path", "")), "depth": head.depth,
+                       "oldest_ts": iso_ts(head.oldest_ts_ns) if head.oldest_ts_ns is not None else None,
+                       "oldest_age_s": (round((t - head.oldest_ts_ns) / 1e9, 1)
+                                        if head.oldest_ts_ns is not None else None),
+                       "bytes": head.file_bytes, "fault": getattr(agent.outbox, "fault", None)},
+            "sensors": sensors,
+            "other_streams": {n: v for n, v in streams.items() if n not in claimed},
+            "drops": drops(snap),
+            "gaps": self.tap.gaps(),
+            "stages": stage_ages(agent.stats),
+            "stalled": self._stalled if self._ready else [],
+            "watchdog": {"enabled": bool(self.notifier.watchdog_usec),
+                         "interval_s": self.notifier.watchdog_usec / 1e6 if self.notifier.watchdog_usec else None,
+                         "stall_limit_s": self.stall_limit_s},
+        }
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:400]
