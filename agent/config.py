@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
+from agent.signal.schema import validate_features
 from hal.errors import ConfigurationError
 from hal.options import REQUIRED, Option, in_range, non_negative, parse_options, positive
 from hal.sources import DRIVERS, driver_class, validate_driver_options
@@ -285,6 +286,8 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
         values, errs = validate_driver_options(driver, driver_opts)
         problems.extend(path, errs)
         kind = getattr(cls, "kind", "slow")
+        _, feature_errs = validate_features(kind, g.get("features", {}))
+        problems.extend(f"{path}.features", feature_errs)
         window = g.get("window", 4096)
         hop = g.get("hop", 0) or window
         if kind == "stream" and hop > window * 64:
