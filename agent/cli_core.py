@@ -56,8 +56,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from agent.pipeline import Agent  # heavy imports (numba, paho) only now
 
+    config_path = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None)
     try:
-        agent = Agent(config, state_dir)
+        agent = Agent(config, state_dir, config_path=config_path)
     except ConfigError as e:
         print(f"edge-agent: invalid configuration, not starting:\n{e}", file=sys.stderr)
         return 2
@@ -65,13 +66,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"edge-agent: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     stop = threading.Event()
+    hup = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("received %s", signal.Signals(signum).name)
-        stop.set()
+        (hup if signum == signal.SIGHUP else stop).set()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     try:
         agent.start()
     except OutboxError as e:
@@ -79,7 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     try:
         while not stop.wait(1.0):
-            if args.duration and (agent.boot_ns and _elapsed_s(agent.boot_ns) >= args.duration):
+            if hup.is_set():
+                hup.clear()
+                agent.reload()
+            if args.duration and _elapsed_s(agent.boot_ns) >= args.duration:
                 break
     finally:
         agent.stop(drain_s=args.drain_s)

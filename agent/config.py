@@ -84,6 +84,23 @@ class MqttConfig:
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
     connect_timeout_s: float = 10.0
+    protocol: str = "3.1.1"
+    username: str = ""
+    password: str = field(default="", repr=False)  # never logged: resolved from the config, a file or the env
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    tls_insecure: bool = False
+    batch: int = 1
+    live_share: float = 0.5
+
+
+@dataclass(frozen=True)
+class CommandsConfig:
+    enabled: bool = False
+    allow: tuple[str, ...] = ("ping", "capture", "set", "reload")
+    max_bytes: int = 4096
+    capture_max_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,7 @@ class Config:
     agent: AgentSection
     mqtt: MqttConfig
     outbox: OutboxConfig
+    commands: CommandsConfig
     buses: Mapping[str, Mapping[str, Any]]
     sensors: tuple[SensorConfig, ...]
     emulate: bool
@@ -154,6 +172,26 @@ _MQTT_OPTIONS = [
     Option("reconnect_min_s", (int, float), 0.5, "first reconnect delay", positive),
     Option("reconnect_max_s", (int, float), 30.0, "reconnect delay cap", positive),
     Option("connect_timeout_s", (int, float), 10.0, "TCP connect timeout", positive),
+    Option("protocol", str, "3.1.1", "MQTT protocol version", choices=("3.1.1", "5")),
+    Option("username", str, "", "user name"),
+    Option("password", str, "", "password (prefer password_file or password_env)"),
+    Option("password_file", str, "", "file holding the password (first line)"),
+    Option("password_env", str, "", "environment variable holding the password"),
+    Option("ca_file", str, "", "CA certificate(s) to verify the broker (PEM); enables TLS"),
+    Option("cert_file", str, "", "client certificate (PEM) for brokers that require one"),
+    Option("key_file", str, "", "client private key (PEM)"),
+    Option("tls_insecure", bool, False, "skip the broker host name check (never in production)"),
+    Option("batch", int, 1, "records of one stream per message (1: no batching)", in_range(1, 1000)),
+    Option("live_share", (int, float), 0.5, "share of the in-flight window kept for live data while a backlog "
+           "drains", in_range(0.05, 1.0)),
+]
+_COMMANDS_OPTIONS = [
+    Option("enabled", bool, False, "accept commands on <prefix>/<id>/cmd/<name>"),
+    Option("allow", list, ["ping", "capture", "set", "reload"], "commands accepted",
+           lambda v: None if all(x in ("ping", "capture", "set", "reload") for x in v)
+           else "expected a list of ping, capture, set, reload"),
+    Option("max_bytes", int, 4096, "largest command body accepted", in_range(16, 1 << 20)),
+    Option("capture_max_s", (int, float), 10.0, "longest raw capture a command may ask for", positive),
 ]
 _OUTBOX_OPTIONS = [
     Option("commit_interval_ms", int, 200, "group-commit window", in_range(1, 60000)),
@@ -178,7 +216,7 @@ _BUS_OPTIONS_GENERIC = [
     Option("backend", str, "real", "real hardware or its emulated backend", choices=("real", "emulated")),
 ]
 _SENSOR_GENERIC_KEYS = {o.name for o in _SENSOR_GENERIC}
-_TOP_LEVEL = {"agent", "mqtt", "outbox", "buses", "sensors"}
+_TOP_LEVEL = {"agent", "mqtt", "outbox", "buses", "sensors", "commands"}
 
 
 class _Problems:
@@ -230,6 +268,19 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
             problems.add("mqtt.url", str(e))
     if mqtt_v.get("reconnect_min_s", 0) > mqtt_v.get("reconnect_max_s", 1e9):
         problems.add("mqtt.reconnect_min_s", "expected a value not above mqtt.reconnect_max_s")
+    _resolve_secrets(mqtt_v, problems)
+    for key in ("ca_file", "cert_file", "key_file"):
+        if mqtt_v.get(key) and not os.path.isfile(mqtt_v[key]):
+            problems.add(f"mqtt.{key}", f"expected a readable file, {mqtt_v[key]!r} does not exist")
+    if bool(mqtt_v.get("cert_file")) != bool(mqtt_v.get("key_file")):
+        problems.add("mqtt.cert_file" if not mqtt_v.get("cert_file") else "mqtt.key_file",
+                     "expected cert_file and key_file together (a client certificate needs its key)")
+    if (mqtt_v.get("ca_file") or mqtt_v.get("cert_file")) and not broker.tls:
+        # a CA or client certificate means TLS; without an explicit port, MQTT over TLS listens on 8883
+        broker = Broker(broker.host, broker.port if _has_port(mqtt_v.get("url", "")) else 8883, True)
+
+    commands_v, errs = parse_options(_COMMANDS_OPTIONS, _table(raw, "commands", problems))
+    problems.extend("commands", errs)
 
     outbox_v, errs = parse_options(_OUTBOX_OPTIONS, _table(raw, "outbox", problems))
     problems.extend("outbox", errs)
@@ -303,13 +354,47 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
     return Config(
         source=source,
         agent=AgentSection(id=agent_v["id"], state_dir=Path(state_dir).expanduser() if state_dir else None),
-        mqtt=MqttConfig(broker=broker, **{k: v for k, v in mqtt_v.items() if k != "url"}),
+        mqtt=MqttConfig(broker=broker, **{k: v for k, v in mqtt_v.items()
+                                           if k not in ("url", "password_file", "password_env")}),
         outbox=OutboxConfig(**outbox_v),
+        commands=CommandsConfig(enabled=commands_v["enabled"], allow=tuple(commands_v["allow"]),
+                                max_bytes=commands_v["max_bytes"], capture_max_s=float(commands_v["capture_max_s"])),
         buses=buses,
         sensors=tuple(sensors),
         emulate=emulate,
         digest=digest,
     )
+
+
+def _has_port(url: str) -> bool:
+    try:
+        return urlsplit(url).port is not None
+    except ValueError:
+        return False
+
+
+def _resolve_secrets(mqtt_v: dict[str, Any], problems: _Problems) -> None:
+    """password, password_file or password_env (one of them); the value is never put in a message."""
+    given = [k for k in ("password", "password_file", "password_env") if mqtt_v.get(k)]
+    if len(given) > 1:
+        problems.add(f"mqtt.{given[1]}", f"expected only one of password, password_file, password_env "
+                                         f"(also set: {', '.join(given[:1])})")
+        return
+    if mqtt_v.get("password_file"):
+        path = mqtt_v["password_file"]
+        try:
+            with open(path, encoding="utf-8") as f:
+                mqtt_v["password"] = f.readline().rstrip("\r\n")
+        except OSError as e:
+            problems.add("mqtt.password_file", f"expected a readable file, cannot read {path!r}: {e.strerror or e}")
+    elif mqtt_v.get("password_env"):
+        name = mqtt_v["password_env"]
+        if name not in os.environ:
+            problems.add("mqtt.password_env", f"expected the environment variable {name} to be set")
+        else:
+            mqtt_v["password"] = os.environ[name]
+    if mqtt_v.get("password") and not mqtt_v.get("username"):
+        problems.add("mqtt.username", "expected a user name with the password")
 
 
 def _decode(data: bytes, source: str) -> Mapping[str, Any]:

@@ -10,12 +10,15 @@ a full queue drops and counts.
 
 from __future__ import annotations
 
+import base64
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from agent.config import Config, SensorConfig
 from agent.outbox import Outbox
@@ -24,7 +27,7 @@ from agent.records import Emit
 from agent.stats import Stats
 from agent.uplink import Uplink
 from hal.sources import HalContext, open_source
-from hal.types import Block, Reading, now_ns
+from hal.types import Block, Quality, Reading, now_ns
 
 log = logging.getLogger("edge_agent.pipeline")
 
@@ -95,31 +98,90 @@ class Reader(threading.Thread):
                 log.warning("closing sensor %s: %s", self.sensor.name, e)
 
 
-class Agent:
-    """The running agent. `start()`, then `stop()` (from a signal handler's thread or the main thread)."""
+@dataclass
+class CaptureRequest:
+    """A raw window of one stream sensor, asked for by the `capture` command (or a diagnostic)."""
 
-    def __init__(self, config: Config, state_dir: Path) -> None:
+    sensor: str
+    samples_needed: int
+    blocks: list[Block] = field(default_factory=list)
+    have: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+    emit: Emit | None = None
+
+
+def capture_emit(sensor: str, blocks: list[Block], n: int) -> Emit:
+    """A `capture` record: the raw samples as base64 little-endian float32 per axis (compact and exact enough)."""
+    data = np.concatenate([b.samples.reshape(len(b), -1) for b in blocks])[:n].astype("<f4")
+    first = blocks[0]
+    payload = {
+        "sensor": sensor, "unit": first.unit, "rate_hz": first.rate_hz, "n": int(data.shape[0]),
+        "axes": list(first.axes), "encoding": "f32le-base64",
+        "data": {axis: base64.b64encode(np.ascontiguousarray(data[:, k]).tobytes()).decode()
+                 for k, axis in enumerate(first.axes)},
+    }
+    return Emit("capture", f"{sensor}.capture", first.t0_ns, payload, Quality.worst(*(b.quality for b in blocks)))
+
+
+class Agent:
+    """The running agent. `start()`, then `stop()`; `reload()` swaps the configuration while running."""
+
+    def __init__(self, config: Config, state_dir: Path, *, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.state_dir = state_dir
         self.stats = Stats()
         self.boot_ns = now_ns()
-        self.context = HalContext(emulate=config.emulate, buses=config.buses)
         self.outbox = Outbox(state_dir, config.outbox, self.stats)
         self.uplink = Uplink(config, self.outbox, self.stats, boot_ns=self.boot_ns)
-        self.processors: dict[str, Processor] = {s.name: make_processor(s) for s in config.sensors}
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=1000)
+        self._captures: list[CaptureRequest] = []
+        self._captures_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self.commands = None
+        self._build_acquisition(config)
+        self.started = threading.Event()
+
+    def _build_acquisition(self, config: Config) -> None:
+        """Drivers, readers and processors for `config` (constructed, not started). Raises on a driver error."""
+        self.context = HalContext(emulate=config.emulate, buses=config.buses)
+        self.processors: dict[str, Processor] = {s.name: make_processor(s) for s in config.sensors}
         self._stop_readers = threading.Event()
         self._stop_processing = threading.Event()
         self.readers = [Reader(s, self.context, self._queue, self.stats, self._stop_readers) for s in config.sensors]
-        self._processing = threading.Thread(target=self._process, name="processing", daemon=True)
-        self.started = threading.Event()
+        self._processing = threading.Thread(target=self._process, args=(self._stop_processing, self.processors),
+                                            name="processing", daemon=True)
 
-    def start(self) -> None:
-        self.outbox.start()
-        self.uplink.start()
+    def _start_acquisition(self) -> None:
         self._processing.start()
         for r in self.readers:
             r.start()
+
+    def _stop_acquisition(self) -> None:
+        """Stop the readers, then let processing finish what they delivered."""
+        self._stop_readers.set()
+        for r in self.readers:
+            r.join(5.0)
+            if r.is_alive():
+                log.error("sensor %s did not stop within 5 s (a driver stuck in a read?)", r.sensor.name)
+        self._stop_processing.set()
+        if self._processing.is_alive():
+            self._processing.join(10.0)
+        self.context.close()
+
+    def _attach_commands(self) -> None:
+        if self.config.commands.enabled:
+            from agent.commands import CommandHandler
+            self.commands = CommandHandler(self)
+            self.uplink.on_command = self.commands.submit
+            self.commands.start()
+
+    def start(self) -> None:
+        self.outbox.start()
+        self._attach_commands()
+        self.uplink.start()
+        self._start_acquisition()
         self.started.set()
         log.info("edge-agent running: agent %s, %d sensors, outbox %s, broker %s", self.config.agent.id,
                  len(self.readers), self.outbox.path, self.config.mqtt.broker.url)
@@ -128,7 +190,38 @@ class Agent:
         for e in emits:
             self.outbox.put(e)
 
-    def _process(self) -> None:
+    def request_capture(self, sensor: str, seconds: float) -> CaptureRequest:
+        """Ask for `seconds` of raw samples of a stream sensor; wait on `.done`, then read `.emit` or `.error`."""
+        cfg = next((s for s in self.config.sensors if s.name == sensor), None)
+        if cfg is None or cfg.kind != "stream":
+            raise ValueError(f"expected the name of a stream sensor "
+                             f"({', '.join(s.name for s in self.config.sensors if s.kind == 'stream') or 'none'}), "
+                             f"got {sensor!r}")
+        rate = float(cfg.options.get("rate_hz", 0) or 0)
+        if rate <= 0:
+            raise ValueError(f"sensor {sensor} has no known sample rate")
+        req = CaptureRequest(sensor, max(1, int(round(seconds * rate))))
+        with self._captures_lock:
+            self._captures.append(req)
+        return req
+
+    def _feed_captures(self, sensor: str, block: Block) -> None:
+        with self._captures_lock:
+            if not self._captures:
+                return
+            for req in [c for c in self._captures if c.sensor == sensor]:
+                if block.gap and req.blocks:  # a capture is contiguous: start again after a gap
+                    req.blocks, req.have = [], 0
+                req.blocks.append(block)
+                req.have += len(block)
+                if req.have >= req.samples_needed:
+                    req.emit = capture_emit(sensor, req.blocks, req.samples_needed)
+                    self._emit([req.emit])
+                    req.blocks = []
+                    self._captures.remove(req)
+                    req.done.set()
+
+    def _process(self, stop: threading.Event, processors: dict[str, Processor]) -> None:
         last_tick = time.monotonic()
         while True:
             self.stats.progress("processing")
@@ -136,12 +229,15 @@ class Agent:
                 item = self._queue.get(timeout=0.25)
             except queue.Empty:
                 item = None
-                if self._stop_processing.is_set():
+                if stop.is_set():
                     break
             if item is not None:
-                proc = self.processors[item.sensor]
+                proc = processors.get(item.sensor)
                 try:
-                    if isinstance(item.data, Block):
+                    if proc is None:
+                        pass  # delivered by a reader of the configuration before a reload
+                    elif isinstance(item.data, Block):
+                        self._feed_captures(item.sensor, item.data)
                         self._emit(proc.on_block(item.data))
                     else:
                         for reading in item.data:
@@ -152,26 +248,67 @@ class Agent:
             if time.monotonic() - last_tick >= 0.5:
                 last_tick = time.monotonic()
                 t = now_ns()
-                for name, proc in self.processors.items():
+                for name, proc in processors.items():
                     try:
                         self._emit(proc.tick(t))
                     except Exception as e:
                         self.stats.inc(f"processing_errors.{name}")
                         log.exception("processing %s (tick) failed: %s", name, e)
 
+    def reload(self, path: str | None = None) -> tuple[bool, str]:
+        """Re-read the configuration. A bad one is rejected and the running one kept; returns (ok, message).
+
+        Sensors are rebuilt; the uplink reconnects if the broker settings or the agent id changed; the outbox
+        settings apply at the next start.
+        """
+        from agent.config import load, load_demo
+        from agent.errors import ConfigError
+
+        with self._reload_lock:
+            source = path or self.config_path
+            try:
+                new = load(source, emulate=self.config.emulate) if source else load_demo(emulate=True)
+            except ConfigError as e:
+                self.stats.inc("reloads_rejected")
+                log.error("reload rejected, keeping the running configuration:\n%s", e)
+                return False, str(e)
+            old_config = self.config
+            self._stop_acquisition()
+            try:
+                self._build_acquisition(new)
+            except Exception as e:
+                self.stats.inc("reloads_rejected")
+                log.error("reload rejected (%s: %s), keeping the running configuration", type(e).__name__, e)
+                self._build_acquisition(old_config)
+                self._start_acquisition()
+                return False, f"{type(e).__name__}: {e}"
+            self.config = new
+            if source:
+                self.config_path = source
+            if new.mqtt != old_config.mqtt or new.agent.id != old_config.agent.id or \
+                    new.commands != old_config.commands:
+                self.uplink.stop(drain_s=1.0)
+                self.uplink = Uplink(new, self.outbox, self.stats, boot_ns=self.boot_ns)
+                if self.commands is not None:
+                    self.commands.stop()
+                    self.commands = None
+                self._attach_commands()
+                self.uplink.start()
+            self._start_acquisition()
+            note = " (outbox settings apply at the next start)" if new.outbox != old_config.outbox else ""
+            self.stats.inc("reloads")
+            log.info("configuration reloaded from %s (sha256 %s)%s", new.source, new.digest, note)
+            return True, f"reloaded {new.source} (sha256 {new.digest}){note}"
+
     def stop(self, drain_s: float = 3.0) -> None:
         """Stop acquisition, process what was read, commit it all, publish for up to `drain_s`, close."""
         log.info("stopping: flushing the outbox")
-        self._stop_readers.set()
-        for r in self.readers:
-            r.join(5.0)
-        self._stop_processing.set()
-        if self._processing.is_alive():
-            self._processing.join(10.0)
+        self._stop_acquisition()
+        if self.commands is not None:
+            self.commands.stop()
         committed = self.outbox.flush(10.0)
         if not committed:
             log.error("could not commit every record before shutdown: %s", self.outbox.fault or "timeout")
         self.uplink.stop(drain_s)
         self.outbox.stop()
-        self.context.close()
         log.info("stopped: %d records left in the outbox for the next start", self.outbox.depth)

@@ -25,6 +25,8 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -58,7 +60,11 @@ class Uplink:
         self._drain_deadline: float | None = None
         self._new_data = outbox.subscribe()
         self._reader: OutboxReader | None = None
-        self._inflight: dict[int, int] = {}  # mid -> record id
+        self._inflight: dict[int, list[int]] = {}  # mid -> record ids (several when batching)
+        self.cmd_topic = f"{self.prefix}/{self.agent_id}/cmd"
+        self.response_topic = f"{self.prefix}/{self.agent_id}/cmd-response"
+        self.on_command: Callable[[str, bytes], None] | None = None  # set by the agent when commands are enabled
+        self._responses: deque[bytes] = deque()
         self._acked_mids: list[int] = []
         self._session_up = False
         self._sock_open = False
@@ -74,17 +80,27 @@ class Uplink:
 
     def _make_client(self) -> mqtt.Client:
         client_id = self.mqtt.client_id or f"edge-agent-{self.agent_id}"
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                        protocol=mqtt.MQTTv311)
+        v5 = self.mqtt.protocol == "5"
+        if v5:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        else:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+                            protocol=mqtt.MQTTv311)
         c.max_inflight_messages_set(self.mqtt.inflight)
         c.max_queued_messages_set(0)
         c.connect_timeout = self.mqtt.connect_timeout_s
         c.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
         if self.mqtt.broker.tls:
-            c.tls_set()
+            c.tls_set(ca_certs=self.mqtt.ca_file or None, certfile=self.mqtt.cert_file or None,
+                      keyfile=self.mqtt.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+            if self.mqtt.tls_insecure:
+                c.tls_insecure_set(True)
+        if self.mqtt.username:
+            c.username_pw_set(self.mqtt.username, self.mqtt.password or None)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_message = self._on_message
         return c
 
     def _status_payload(self, status: str) -> bytes:
@@ -106,6 +122,9 @@ class Uplink:
         self.stats.set("link", "up")
         self.stats.inc("uplink_connects")
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+        if self.on_command is not None:
+            # subscribe on every connect: a clean session forgets subscriptions (mqtt-io #333)
+            client.subscribe(f"{self.cmd_topic}/+", qos=1)
         depth = self.outbox.depth
         if self._reader is not None and self._backlog_end == 0:
             end = self._reader.max_id()
@@ -127,13 +146,31 @@ class Uplink:
         self.stats.set("link", "down")
         if was_up and self._drain_deadline is None:
             self.stats.inc("uplink_disconnects")
-            self._last_error = f"link lost: {reason_code}"
+            reason = str(reason_code)
+            if reason == "Unspecified error":
+                reason = "connection lost"
+            self._last_error = f"link lost: {reason}"
             log.warning("lost the broker at %s (%s); buffering to the outbox and reconnecting", self.mqtt.broker.url,
-                        reason_code)
+                        reason)
             self._down_reported = True
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         self._acked_mids.append(mid)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        handler = self.on_command
+        if handler is None or not msg.topic.startswith(self.cmd_topic + "/"):
+            return
+        self.stats.inc("commands_received")
+        try:
+            handler(msg.topic[len(self.cmd_topic) + 1:], bytes(msg.payload))
+        except Exception as e:  # the handler only queues; this is a bug, not a reason to drop the link
+            self.stats.inc("commands_errors")
+            log.exception("command handler failed: %s", e)
+
+    def respond(self, body: bytes) -> None:
+        """Queue a command response; the uplink thread publishes it (QoS 1, not stored: moot after a restart)."""
+        self._responses.append(body)
 
     # -- life cycle -------------------------------------------------------------------------------------------
 
@@ -177,6 +214,20 @@ class Uplink:
         pending_backlog = self._backlog_end and self._backlog_cursor < self._backlog_end
         return not pending_backlog and not self._reader.fetch(self._cursor, 1) and self.outbox.flush(0.0)
 
+    def _explain(self, e: BaseException) -> str:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return (f"TLS certificate verification failed ({e.verify_message}): check mqtt.ca_file and that the "
+                    f"broker's certificate is issued for {self.mqtt.broker.host}")
+        if isinstance(e, ssl.SSLError):
+            return f"TLS handshake failed ({e.reason or e}): check mqtt.ca_file, cert_file and key_file"
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused (is the broker running and listening on that port?)"
+        if isinstance(e, socket.gaierror):
+            return f"cannot resolve the host name {self.mqtt.broker.host!r}"
+        if isinstance(e, (TimeoutError, socket.timeout)):
+            return f"no answer within {self.mqtt.connect_timeout_s:g} s"
+        return f"{type(e).__name__}: {e}"
+
     def _connect_once(self, first: bool) -> None:
         host, port = self.mqtt.broker.host, self.mqtt.broker.port
         if first:
@@ -198,10 +249,10 @@ class Uplink:
                     self._sock_open = True
                 except (OSError, socket.timeout, ssl.SSLError, ValueError) as e:
                     self.stats.inc("uplink_connect_failures")
-                    self._last_error = f"{type(e).__name__}: {e}"
+                    self._last_error = self._explain(e)
                     if not self._down_reported:
-                        log.warning("no broker at %s (%s): buffering to the outbox at %s; retrying with back-off "
-                                    "up to %g s", self.mqtt.broker.url, e, self.outbox.path,
+                        log.warning("cannot reach the broker at %s: %s; buffering to the outbox at %s, retrying with "
+                                    "back-off up to %g s", self.mqtt.broker.url, self._last_error, self.outbox.path,
                                     self.mqtt.reconnect_max_s)
                         self._down_reported = True
                     if self._drain_deadline is not None:
@@ -221,6 +272,8 @@ class Uplink:
                 continue
             if self._session_up:
                 delay = self.mqtt.reconnect_min_s
+                while self._responses:
+                    self._client.publish(self.response_topic, self._responses.popleft(), qos=1)
                 self._pump()
         self._finish()
 
@@ -247,24 +300,52 @@ class Uplink:
             return
         mids, self._acked_mids = self._acked_mids, []
         ids = [rid for rid in (self._inflight.pop(m, None) for m in mids) if rid is not None]
+        ids = [rid for group in ids for rid in group]
         if ids:
             self.outbox.ack(ids)
             self.stats.inc("uplink_acked", len(ids))
         self.stats.set("uplink_inflight", len(self._inflight))
 
-    def _publish(self, record: Record, historical: bool) -> bool:
-        topic, body = encode(record, self.agent_id, self.prefix, historical=historical)
+    def _publish_group(self, records: list[Record], historical: bool) -> bool:
+        if len(records) == 1:
+            topic, body = encode(records[0], self.agent_id, self.prefix, historical=historical)
+        else:  # a batch: one message, a JSON array of the records' usual bodies, all of one stream
+            parts = [encode(r, self.agent_id, self.prefix, historical=historical) for r in records]
+            topic, body = parts[0][0], b"[" + b",".join(p[1] for p in parts) + b"]"
         info = self._client.publish(topic, body, qos=1)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN,
+                           MQTTErrorCode.MQTT_ERR_CONN_LOST):
             self.stats.inc("uplink_publish_errors")
-            log.error("publish of %s seq %d failed: %s", record.stream, record.seq, mqtt.error_string(info.rc))
+            log.error("publish of %s seq %d failed: %s", records[0].stream, records[0].seq,
+                      mqtt.error_string(info.rc))
             return False
-        # NO_CONN: paho keeps the QoS 1 message and sends it on reconnect, so it is in flight all the same
-        self._inflight[info.mid] = record.id
-        self.stats.inc("uplink_published")
+        # NO_CONN / CONN_LOST: paho keeps the QoS 1 message and sends it on reconnect: in flight all the same
+        self._inflight[info.mid] = [r.id for r in records]
+        self.stats.inc("uplink_published", len(records))
+        self.stats.inc("uplink_messages")
         if historical:
-            self.stats.inc("uplink_published_historical")
+            self.stats.inc("uplink_published_historical", len(records))
         return True
+
+    def _publish_all(self, records: list[Record], historical: bool) -> int:
+        """Publish records (oldest first). With batching, records of one stream in this chunk are grouped, up to
+        `batch` per message; per-stream order is kept. Returns the id up to which everything was handed to paho."""
+        if not records:
+            return 0
+        if self.mqtt.batch > 1:
+            by_stream: dict[str, list[Record]] = {}
+            for r in records:
+                by_stream.setdefault(r.stream, []).append(r)
+            groups = [rs[i:i + self.mqtt.batch] for rs in by_stream.values()
+                      for i in range(0, len(rs), self.mqtt.batch)]
+            groups.sort(key=lambda g: g[0].id)
+        else:
+            groups = [[r] for r in records]
+        for k, group in enumerate(groups):
+            if not self._publish_group(group, historical):
+                unpublished = [r.id for g in groups[k:] for r in g]
+                return min(unpublished) - 1  # what was published above this is sent again: a bounded duplicate
+        return records[-1].id
 
     def _pump(self) -> None:
         assert self._reader is not None
@@ -275,20 +356,20 @@ class Uplink:
         live_room = max(1, math.ceil(room * self.live_share)) if backlog else room
         if self._new_data.is_set() or backlog or self._cursor_behind:
             self._new_data.clear()
-            live = self._reader.fetch(self._cursor, live_room)
-            self._cursor_behind = len(live) == live_room
-            for r in live:
-                if not self._publish(r, False):
-                    break
-                self._cursor = r.id
-            room -= len(live)
+            batch = self.mqtt.batch
+            live = self._reader.fetch(self._cursor, live_room * batch)
+            self._cursor_behind = len(live) == live_room * batch
+            last = self._publish_all(live, False)
+            if last:
+                self._cursor = last
+            room = self.mqtt.inflight - len(self._inflight)
         if backlog and room > 0:
-            old = [r for r in self._reader.fetch(self._backlog_cursor, room) if r.id <= self._backlog_end]
-            for r in old:
-                if not self._publish(r, True):
-                    break
-                self._backlog_cursor = r.id
-            if len(old) < room:
+            batch = self.mqtt.batch
+            old = [r for r in self._reader.fetch(self._backlog_cursor, room * batch) if r.id <= self._backlog_end]
+            last = self._publish_all(old, True)
+            if last:
+                self._backlog_cursor = last
+            if len(old) < room * batch and (not old or last == old[-1].id):
                 self._backlog_cursor = self._backlog_end
             if self._backlog_cursor >= self._backlog_end:
                 log.info("backlog published")

@@ -23,8 +23,8 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 def subscriber_factory() -> Iterator[object]:
     subs: list[Subscriber] = []
 
-    def make(port: int, topic: str = "#") -> Subscriber:
-        s = Subscriber(port, topic, client_id=f"test-sub-{len(subs)}-{os.getpid()}")
+    def make(port: int, topic: str = "#", persistent: bool = False) -> Subscriber:
+        s = Subscriber(port, topic, client_id=f"test-sub-{len(subs)}-{os.getpid()}", persistent=persistent)
         subs.append(s)
         return s
 

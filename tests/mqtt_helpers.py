@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -40,7 +41,7 @@ def wait_port(port: int, timeout: float = 10.0, up: bool = True) -> bool:
 class MosquittoBroker:
     """A real mosquitto process on 127.0.0.1:<port>, restartable on the same port; stopped by PID."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "", persistent: bool = False) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(exe):
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto); .ci/run installs it")
@@ -49,8 +50,13 @@ class MosquittoBroker:
         self.port = port or free_port()
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         self.log = workdir / f"mosquitto-{self.port}.log"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n"
-                             f"persistence false\n{extra_conf}")
+        # persistent: subscribers' sessions and queued QoS 1 messages survive a broker restart (saved at exit)
+        persistence = (f"persistence true\npersistence_location {workdir}/\n"
+                       f"persistence_file mosquitto-{self.port}.db\n" if persistent else "persistence false\n")
+        # as root, mosquitto drops to the `mosquitto` user, which cannot write our temporary directory
+        user = f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n{user}"
+                             f"max_queued_messages 0\n{persistence}{extra_conf}")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -91,11 +97,14 @@ class Message:
 class Subscriber:
     """A paho subscriber (QoS 1) collecting every message it receives."""
 
-    def __init__(self, port: int, topic: str = "#", client_id: str = "test-subscriber") -> None:
+    def __init__(self, port: int, topic: str = "#", client_id: str = "test-subscriber",
+                 persistent: bool = False) -> None:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        # persistent: a session the broker keeps while we are disconnected (with a persistent broker: across
+        # its restarts too), so the consumer misses nothing the broker accepted
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         self.client.on_message = self._on_message
