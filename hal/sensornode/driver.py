@@ -147,8 +147,12 @@ class SensorNode:
         if self.context.emulate and self.emulator is None:
             from hal.emulated.micropython.runner import EmulatedNode
 
-            self.emulator = EmulatedNode(self.context.get_plant(), self.board_id or None, name=self.name,
-                                         mv_per_unit=self._mv, zero_v=self._zero_v, vref=self._vref)
+            plant = self.context.get_plant()
+            # registered with the context too, so HalContext.close() powers it off even if close() is never called
+            self.emulator = self.context.shared(
+                f"sensornode.emulator.{self.name}",
+                lambda: EmulatedNode(plant, self.board_id or None, name=self.name, mv_per_unit=self._mv,
+                                     zero_v=self._zero_v, vref=self._vref))
             self.emulator.plug()
             self.port_pattern = str(self.emulator.link_dir / f"{self.emulator.prefix}*")
             self.board_id = self.emulator.board_id
@@ -427,4 +431,27 @@ class SensorNode:
                 pass
 
 
-__all__ = ["SensorNode"]
+def probe(path: str, baudrate: int = 921600, timeout_s: float = 1.0) -> P.Identity | str:
+    """Identify the node on one port without disturbing it (IDENTIFY only). Returns its identity or why not."""
+    import serial
+
+    try:
+        ser = serial.Serial(path, baudrate, timeout=0.05, exclusive=True)
+    except (OSError, ValueError) as e:
+        return f"cannot open ({e})"
+    dec = P.Decoder()
+    try:
+        ser.write(b"\x00" + P.command(P.T_IDENTIFY, 0x5A))
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            for f in dec.feed(ser.read(max(1, ser.in_waiting))):
+                if isinstance(f, P.Identity) and f.tag == 0x5A:
+                    return f
+        return f"no sensor-node reply within {timeout_s:g} s ({dec.stats.bytes} bytes, {dec.stats.frames} frames)"
+    except (OSError, ValueError) as e:
+        return f"I/O error ({e})"
+    finally:
+        ser.close()
+
+
+__all__ = ["SensorNode", "probe"]

@@ -27,6 +27,7 @@ import importlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -142,6 +143,7 @@ class EmulatedNode:
         with self._lock:
             if self.board is not None:
                 return self.port or ""
+            self.link_dir.mkdir(parents=True, exist_ok=True)
             master, slave = os.openpty()
             tty.setraw(slave)
             fcntl.fcntl(master, fcntl.F_SETFL, fcntl.fcntl(master, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -276,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="node")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     node = EmulatedNode(Plant(), args.board_id, args.link_dir, name=args.name)
     port = node.plug()
     print(f"sensor node {node.board_id} on {port} (Ctrl-C to stop)", flush=True)
