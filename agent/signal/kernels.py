@@ -24,8 +24,40 @@ Definitions (docs/signal.md has the full text):
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numba import njit
+
+
+def _prepare_numba() -> None:
+    """Import rocket-fft and initialise Numba's CPU target without importing `scipy.fft` or `scipy.linalg`.
+
+    When SciPy is installed, rocket-fft registers `scipy.fft` overloads and Numba's target set-up imports
+    `scipy.linalg` (BLAS for `np.dot`); together that is about 60 MB of RSS and most of a second at start-up, for
+    code these kernels never use (they use `np.fft` only). Both packages are hidden while this runs, unless
+    something imported them already (the tests do). Numba's extension hook then finds rocket-fft imported, and
+    the first kernel call finds the target ready. (Numba itself imports only the light top-level `scipy`
+    package, to check its version.)
+    """
+    if "rocket_fft" in sys.modules:
+        return
+    hidden = [m for m in ("scipy.fft", "scipy.linalg") if m not in sys.modules]
+    for m in hidden:
+        sys.modules[m] = None  # type: ignore[assignment]  # `import m` now raises ImportError
+    try:
+        import rocket_fft  # noqa: F401
+        from numba.core.registry import cpu_target
+
+        cpu_target.target_context.refresh()
+        cpu_target.typing_context.refresh()
+    finally:
+        for m in hidden:
+            if m in sys.modules and sys.modules[m] is None:
+                del sys.modules[m]
+
+
+_prepare_numba()
 
 from agent.signal.layout import (
     BANDS0, BPFI, BPFI_SB, BPFO, BSF, CLEARANCE, CREST, DOMINANT_HZ, ENV_HI_HZ, ENV_LO_HZ, ENV_PEAK_HZ, ENV_RMS,
