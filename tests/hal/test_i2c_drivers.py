@@ -1,0 +1,295 @@
+"""I2C chip drivers against their emulated chips and against the data sheets' own numbers; bus faults as bad values."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+
+from hal.drivers import ads1115, adxl345, bme280, ina219
+from hal.emulated.i2c import EmulatedI2CBus
+from hal.emulated.plant import Plant
+from hal.errors import WrongDevice
+from hal.i2c import I2CDevice
+from hal.sources import open_source
+from hal.types import Quality
+
+EXAMPLE = bme280.Calibration(27504, 26435, -1000, 36477, -10685, 3024, 2855, 140, -7, 15500, -14600, 6000,
+                             75, 362, 0, 313, 50, 30)
+
+
+@pytest.fixture
+def rig(make_context, clock):
+    """An emulated i2c bus named i2c1 on a fake clock, and a helper to open drivers on it."""
+    plant = Plant(seed=7)
+    ctx = make_context({"i2c1": {"type": "i2c", "backend": "emulated"}}, plant=plant)
+    bus = ctx.shared("i2c:i2c1", lambda: EmulatedI2CBus("i2c1", plant=plant, clock=clock))
+
+    class Rig:
+        pass
+    r = Rig()
+    r.ctx, r.bus, r.plant, r.clock = ctx, bus, plant, clock
+
+    def make(driver, name, options=None, open_=True):
+        d = open_source(driver, name, options or {}, ctx, bus="i2c1")
+        if open_:
+            d.open()
+        return d
+    r.make = make
+    return r
+
+
+def values(readings):
+    return {r.channel.split(".", 1)[1]: r for r in readings}
+
+
+# -- the bus ------------------------------------------------------------------------------------------------------------
+
+def test_absent_address_raises_eremoteio_like_the_kernel(rig):
+    with pytest.raises(OSError) as e:
+        rig.bus.read_byte_data(0x42, 0)
+    assert e.value.errno == errno.EREMOTEIO == 121
+
+
+def test_typed_errors_name_bus_address_and_chip(rig):
+    from hal.errors import BusStuck, DeviceNotFound
+    dev = I2CDevice(rig.bus, 0x42, "bme280")
+    with pytest.raises(DeviceNotFound, match=r"I2C bus i2c1 address 0x42 \(bme280\): no acknowledge.*errno 121"):
+        dev.read_u8(0xD0)
+    rig.bus.stick()
+    with pytest.raises(BusStuck, match="bus timed out"):
+        dev.read_u8(0xD0)
+
+
+# -- BME280 -------------------------------------------------------------------------------------------------------------
+
+def test_bme280_compensation_matches_the_datasheet_worked_example():
+    t, t_fine = bme280.compensate_temperature(519888, EXAMPLE)
+    assert (t, t_fine) == (2508, 128422)  # 25.08 degC
+    p = bme280.compensate_pressure(415148, t_fine, EXAMPLE)
+    # the data sheet prints 25767236 and 100653.27 Pa; executing its published int64 code gives 25767233
+    assert p == 25767233 and p / 256 == pytest.approx(100653.27, abs=0.05)
+
+
+def _humidity_double(adc_h: int, t_fine: int, c: bme280.Calibration) -> float:
+    """The data sheet's double-precision humidity formula (4.2.3), transcribed independently of the driver."""
+    var_h = t_fine - 76800.0
+    var_h = (adc_h - (c.H4 * 64.0 + c.H5 / 16384.0 * var_h)) * (
+        c.H2 / 65536.0 * (1.0 + c.H6 / 67108864.0 * var_h * (1.0 + c.H3 / 67108864.0 * var_h)))
+    var_h = var_h * (1.0 - c.H1 * var_h / 524288.0)
+    return min(max(var_h, 0.0), 100.0)
+
+
+@pytest.mark.parametrize("adc_h", [20000, 26000, 30000, 34000, 40000])
+def test_bme280_integer_humidity_agrees_with_the_double_formula(adc_h):
+    _, t_fine = bme280.compensate_temperature(519888, EXAMPLE)
+    assert bme280.compensate_humidity(adc_h, t_fine, EXAMPLE) / 1024 == pytest.approx(
+        _humidity_double(adc_h, t_fine, EXAMPLE), abs=0.02)
+
+
+def test_bme280_calibration_unpacks_the_shared_h4_h5_nibbles():
+    c, h = EXAMPLE.to_registers()
+    assert h[3:6] == bytes([313 >> 4, (313 & 0xF) | ((50 & 0xF) << 4), 50 >> 4])  # E4, E5, E6
+    assert bme280.Calibration.from_registers(c, h) == EXAMPLE
+    neg = bme280.Calibration.from_registers(c, bytes([0x6A, 0x01, 0, 0xFF, 0xFF, 0xFF, 0xF6]))
+    assert (neg.H2, neg.H4, neg.H5, neg.H6) == (362, -1, -1, -10)
+
+
+def test_bme280_reads_the_environment(rig):
+    chip = rig.bus.place(0x76, "bme280")
+    chip.environment = (21.5, 55.0, 1013.25)
+    s = rig.make("bme280", "cabinet")
+    v = values(s.poll())
+    assert v["temperature"].value == pytest.approx(21.5, abs=0.01) and v["temperature"].unit == "degC"
+    assert v["humidity"].value == pytest.approx(55.0, abs=0.01) and v["humidity"].unit == "%RH"
+    assert v["pressure"].value == pytest.approx(1013.25, abs=0.01) and v["pressure"].unit == "hPa"
+    chip.environment = (-10.0, 90.0, 950.0)
+    v = values(s.poll())
+    assert (v["temperature"].value, v["humidity"].value) == (pytest.approx(-10.0, abs=0.01), pytest.approx(90, abs=0.01))
+
+
+def test_bme280_wrong_chip_id_names_expected_and_found(rig):
+    rig.bus.place(0x77, "bme280").regs[0xD0] = 0x58
+    s = rig.make("bme280", "cabinet", {"address": 0x77}, open_=False)
+    with pytest.raises(WrongDevice, match=r"0x77.*chip id 0x58 \(a BMP280: no humidity\), expected 0x60"):
+        s.open()
+
+
+def test_bme280_nack_is_a_bad_reading_then_recovers(rig):
+    s = rig.make("bme280", "cabinet")
+    rig.bus.nack(0x76, 1)
+    bad = s.poll()
+    assert len(bad) == 3 and all(r.quality is Quality.BAD and "no acknowledge" in r.error for r in bad)
+    assert s.counters["bus_errors"] == 1
+    assert all(r.quality is Quality.GOOD for r in s.poll())
+    assert s.counters["inits"] == 2  # re-initialised after the fault
+
+
+def test_bme280_absent_at_start_is_retried_not_fatal(rig):
+    s = rig.make("bme280", "cabinet", open_=False)
+    rig.bus.remove(0x76)
+    s.open()  # a chip that is not there yet is a fault, not a crash
+    assert all(r.quality is Quality.BAD for r in s.poll())
+    rig.bus.place(0x76, "bme280")
+    assert all(r.quality is Quality.GOOD for r in s.poll())
+
+
+# -- ADS1115 ------------------------------------------------------------------------------------------------------------
+
+def test_ads1115_codes_follow_the_full_scale_table():
+    assert ads1115.code_to_volts(1, 6.144) == pytest.approx(187.5e-6)
+    assert ads1115.code_to_volts(1, 0.256) == pytest.approx(7.8125e-6)
+    assert ads1115.code_to_volts(0x7FFF, 2.048) == pytest.approx(2.048 * 32767 / 32768)
+    assert ads1115.code_to_volts(0x8000, 2.048) == -2.048
+    assert ads1115.volts_to_code(5.0, 4.096) == 0x7FFF and ads1115.volts_to_code(-5.0, 4.096) == 0x8000
+    # the power-on config 0x8583: AIN0-AIN1, ±2.048 V, single-shot, 128 SPS, comparator off
+    assert ads1115.config_word("AIN0-AIN1", 2.048, 128) == 0x8583
+
+
+def test_loop_current_levels_follow_namur_ne43():
+    assert ads1115.loop_value(4.0, 0, 10) == (0.0, Quality.GOOD, None)
+    assert ads1115.loop_value(20.0, 0, 10)[0] == 10.0
+    assert ads1115.loop_value(12.0, -50, 150)[0] == 50.0
+    value, q, err = ads1115.loop_value(3.5, 0, 10)
+    assert value is None and q is Quality.BAD and "open loop" in err
+    assert ads1115.loop_value(3.7, 0, 10)[1] is Quality.UNCERTAIN
+    assert ads1115.loop_value(20.7, 0, 10)[1] is Quality.UNCERTAIN
+    assert ads1115.loop_value(21.5, 0, 10)[1] is Quality.BAD
+
+
+ADC_CHANNELS = [
+    {"name": "pressure", "input": "AIN0", "kind": "loop_4_20ma", "burden_ohm": 150, "range_lo": 0, "range_hi": 10,
+     "unit": "bar"},
+    {"name": "motor_current", "input": "AIN2-AIN3", "kind": "ct_clamp", "range_v": 1.024, "amps_per_volt": 30},
+    {"name": "supply", "input": "AIN1", "kind": "voltage", "range_v": 4.096, "scale": 10.0, "unit": "V",
+     "signal": "supply_voltage"},
+]
+
+
+def test_ads1115_engineering_values_from_the_plant(rig):
+    s = rig.make("ads1115", "adc", {"channels": ADC_CHANNELS})
+    v = values(s.poll())
+    expect_bar = (rig.plant.signal("loop_current_ma", rig.bus.plant_time()) - 4) / 16 * 10
+    assert v["pressure"].value == pytest.approx(expect_bar, abs=0.02) and v["pressure"].unit == "bar"
+    assert v["motor_current"].value == pytest.approx(rig.plant.motor_current(0.0, 0), rel=0.02)
+    assert v["motor_current"].unit == "A"
+    assert v["supply"].value == pytest.approx(rig.plant.signal("supply_voltage", 0.0), abs=0.01)
+
+
+def test_ads1115_open_loop_and_saturation_are_bad(rig):
+    s = rig.make("ads1115", "adc", {"channels": ADC_CHANNELS})
+    rig.plant.overrides["loop_current_ma"] = 0.0  # wire break
+    rig.plant.overrides["supply_voltage"] = 45.0  # 4.5 V at the input, above the ±4.096 V range
+    v = values(s.poll())
+    assert v["pressure"].quality is Quality.BAD and "open loop: 0.00 mA" in v["pressure"].error
+    assert v["supply"].quality is Quality.BAD and "saturated" in v["supply"].error
+    assert v["motor_current"].quality is Quality.GOOD
+
+
+def test_ads1115_channel_errors_name_the_nested_key(rig):
+    from hal.errors import ConfigurationError
+    with pytest.raises(ConfigurationError, match=r"adc.channels\[1\].input: expected one of"):
+        rig.make("ads1115", "adc", {"channels": [{"name": "a"}, {"name": "b", "input": "AIN7"}]})
+
+
+# -- INA219 -------------------------------------------------------------------------------------------------------------
+
+def test_ina219_calibration_follows_the_datasheet_equations():
+    assert ina219.calibration(2.0, 0.1, 0.0001) == (4096, 0.0001, pytest.approx(0.002))  # 32 V, 2 A, 0.1 ohm
+    assert ina219.calibration(1.0, 0.1, 0.00004)[0] == 10240
+    cal, lsb, plsb = ina219.calibration(3.2, 0.1)
+    assert lsb == pytest.approx(3.2 / 32768, rel=1e-3) and plsb == pytest.approx(20 * lsb)
+    assert ina219.shunt_register_to_volts(0x7D00) == pytest.approx(0.320)  # +320.00 mV at PGA /8
+    assert ina219.shunt_register_to_volts(0x8300) == pytest.approx(-0.320)
+    assert ina219.bus_register_to_volts((3000 << 3) | 0b10) == pytest.approx(12.0)
+
+
+def test_ina219_reads_the_rail(rig):
+    chip = rig.bus.place(0x40, "ina219")
+    chip.rail = (24.0, 1.5)
+    s = rig.make("ina219", "rail", {"shunt_ohm": 0.1, "max_current_a": 2.0, "current_lsb_a": 0.0001})
+    v = values(s.poll())
+    assert v["bus_voltage"].value == pytest.approx(24.0) and v["shunt_voltage"].value == pytest.approx(150.0)
+    assert v["current"].value == pytest.approx(1.5, abs=0.0001) and v["power"].value == pytest.approx(36.0, abs=0.004)
+    chip.words[5] = 0  # a power-on reset of the chip loses the calibration: the driver restores it
+    assert values(s.poll())["current"].value == pytest.approx(1.5, abs=0.0001)
+
+
+def test_ina219_math_overflow_is_bad(rig):
+    chip = rig.bus.place(0x40, "ina219")
+    chip.rail = (12.0, 0.39)
+    s = rig.make("ina219", "rail", {"shunt_ohm": 0.1, "max_current_a": 0.4, "current_lsb_a": 0.00001})
+    v = values(s.poll())
+    assert v["current"].quality is Quality.BAD and "overflow" in v["current"].error
+    assert v["bus_voltage"].quality is Quality.GOOD
+
+
+def test_ina219_rejects_a_current_beyond_the_shunt_range():
+    from hal.sources import validate_driver_options
+    _, errors = validate_driver_options("ina219", {"shunt_ohm": 0.1, "max_current_a": 5.0})
+    assert errors and errors[0][0] == "max_current_a" and "320 mV" in errors[0][1]
+    _, errors = validate_driver_options("ina219", {"address": 0x60})
+    assert errors[0][0] == "address" and "0x40" in errors[0][1]
+
+
+# -- ADXL345 ------------------------------------------------------------------------------------------------------------
+
+def test_adxl345_scale_is_3_9_mg_per_lsb():
+    assert adxl345.raw_to_ms2(np.array([256]))[0] == pytest.approx(256 * 0.0039 * 9.80665)
+    assert adxl345.RATE_CODES[3200] == 0x0F and adxl345.RATE_CODES[100] == 0x0A
+
+
+def test_adxl345_streams_blocks_of_plant_vibration_read_in_bursts(rig):
+    s = rig.make("adxl345", "spindle", {"rate_hz": 3200, "block_size": 1024, "watermark": 16})
+    t0 = rig.bus.transactions
+    blocks = [s.read_block(2.0) for _ in range(3)]
+    assert all(b is not None and b.samples.shape == (1024, 3) and b.gap == 0 for b in blocks)
+    b = blocks[0]
+    assert b.axes == ("x", "y", "z") and b.unit == "m/s2" and b.rate_hz == 3200
+    assert b.samples[:, 2].mean() == pytest.approx(9.81, abs=0.3)  # gravity on z
+    spectrum = np.abs(np.fft.rfft(b.samples[:, 0] - b.samples[:, 0].mean()))
+    peak_hz = np.argmax(spectrum) * 3200 / 1024
+    assert peak_hz == pytest.approx(rig.plant.shaft_hz, abs=3200 / 1024)
+    # contiguous blocks: t0 advances by exactly block_size / rate
+    assert blocks[1].t0_ns - blocks[0].t0_ns == pytest.approx(1024 / 3200 * 1e9, abs=1)
+    # bursts: one transaction per sample plus two per drain, never a status poll per sample
+    used = rig.bus.transactions - t0
+    assert used <= s.counters["samples"] + 2 * s.counters["drains"] + 2
+    assert s.counters["drains"] * 8 < s.counters["samples"]
+
+
+def test_adxl345_overrun_is_reported_as_a_gap(rig):
+    s = rig.make("adxl345", "spindle", {"rate_hz": 3200, "block_size": 256})
+    assert s.read_block(1.0).gap == 0
+    rig.clock.advance(1.0)  # the reader stalls for a second: the 32-entry FIFO overflows
+    blocks = []
+    while sum(b.gap for b in blocks) == 0:
+        blocks.append(s.read_block(1.0))
+    assert s.counters["overruns"] == 1
+    assert blocks[-1].gap == pytest.approx(3200 - 32, abs=1)
+    # the block before the gap was cut short rather than stitched across it
+    assert all(len(b) <= 256 for b in blocks)
+    nxt = s.read_block(1.0)
+    assert nxt.gap == 0 and len(nxt) == 256
+
+
+def test_adxl345_wrong_devid(rig):
+    rig.bus.place(0x53, "adxl345").regs[0x00] = 0x00
+    s = rig.make("adxl345", "spindle", open_=False)
+    with pytest.raises(WrongDevice, match="DEVID 0x00, expected 0xe5"):
+        s.open()
+
+
+def test_adxl345_bus_fault_mid_stream_is_counted_and_becomes_a_gap(rig):
+    s = rig.make("adxl345", "spindle", {"rate_hz": 800, "block_size": 64})
+    assert s.read_block(1.0) is not None
+    rig.bus.nack(0x53, 1)
+    got = [s.read_block(1.0) for _ in range(4)]
+    assert s.counters["bus_errors"] == 1 and s.counters["inits"] == 2
+    assert all(b is not None for b in got) and sum(b.gap for b in got) >= 1
+
+
+def test_adxl345_read_block_times_out_with_none(rig):
+    s = rig.make("adxl345", "spindle", {"rate_hz": 25, "block_size": 1024})
+    assert s.read_block(0.5) is None
