@@ -17,6 +17,7 @@ from agent import __version__
 COMMAND_MODULES = [
     "agent.cli_core",
     "agent.cli_sensornode",
+    "agent.cli_signal",
 ]
 
 EPILOG = """\
