@@ -119,6 +119,7 @@ class Uplink:
                 self._down_reported = True
             return
         self._session_up = True
+        self._last_error = ""
         self.stats.set("link", "up")
         self.stats.inc("uplink_connects")
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
@@ -263,6 +264,18 @@ class Uplink:
             self._handle_acks()
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._sock_open = False
+                if not self._session_up and not self._last_error.startswith("broker refused"):
+                    # closed before a CONNACK: a TLS alert (client certificate required or refused), a listener
+                    # that is not MQTT, or a broker going down mid-handshake
+                    self.stats.inc("uplink_connect_failures")
+                    self._last_error = (f"the broker closed the connection before accepting it "
+                                        f"({mqtt.error_string(rc)})"
+                                        + ("; with TLS, check mqtt.cert_file and mqtt.key_file: the broker may "
+                                           "require a client certificate" if self.mqtt.broker.tls else ""))
+                    if not self._down_reported:
+                        log.warning("cannot connect to %s: %s; buffering to the outbox and retrying",
+                                    self.mqtt.broker.url, self._last_error)
+                        self._down_reported = True
                 if self._session_up:
                     self._on_disconnect(self._client, None, None, mqtt.error_string(rc), None)
                 self._session_up = False

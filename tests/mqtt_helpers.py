@@ -41,7 +41,8 @@ def wait_port(port: int, timeout: float = 10.0, up: bool = True) -> bool:
 class MosquittoBroker:
     """A real mosquitto process on 127.0.0.1:<port>, restartable on the same port; stopped by PID."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "", persistent: bool = False) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "", persistent: bool = False,
+                 password_file: Path | None = None) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(exe):
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto); .ci/run installs it")
@@ -55,7 +56,8 @@ class MosquittoBroker:
                        f"persistence_file mosquitto-{self.port}.db\n" if persistent else "persistence false\n")
         # as root, mosquitto drops to the `mosquitto` user, which cannot write our temporary directory
         user = f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n{user}"
+        auth = f"allow_anonymous false\npassword_file {password_file}\n" if password_file else "allow_anonymous true\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\n{auth}log_dest stderr\n{user}"
                              f"max_queued_messages 0\n{persistence}{extra_conf}")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -98,13 +100,15 @@ class Subscriber:
     """A paho subscriber (QoS 1) collecting every message it receives."""
 
     def __init__(self, port: int, topic: str = "#", client_id: str = "test-subscriber",
-                 persistent: bool = False) -> None:
+                 persistent: bool = False, username: str | None = None, password: str | None = None) -> None:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         # persistent: a session the broker keeps while we are disconnected (with a persistent broker: across
         # its restarts too), so the consumer misses nothing the broker accepted
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         self.client.on_message = self._on_message
