@@ -1,0 +1,133 @@
+"""Emulated GPIO: gpiozero's MockFactory with time-stamped edges and plant-driven stimuli.
+
+`EmulatedPinFactory` is a `MockFactory` whose pins (`EmulatedPin`) can be driven at an explicit tick
+(`drive_at(state, ticks)`), and whose `ticks()` come from an injectable clock, so edge timing is exact in tests.
+`EmulatedGpioBus` holds the factory of one emulated GPIO bus and, when a driver asks for it, a stimulus thread that
+drives an input from a plant signal: a level (machine running), pulses (part count) or a square wave (tachometer).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gpiozero.pins.mock import MockFactory, MockPin
+from gpiozero.pins.pi import PiPin
+
+
+class EmulatedPin(MockPin):
+    _at: float | None = None
+
+    def drive_at(self, state: bool, ticks: float) -> None:
+        """Drive an input to `state` with the edge stamped `ticks` (factory ticks, seconds)."""
+        self._at = ticks
+        try:
+            if state:
+                self.drive_high()
+            else:
+                self.drive_low()
+        finally:
+            self._at = None
+
+    def _call_when_changed(self) -> None:
+        ticks = self._at if self._at is not None else self.factory.ticks()
+        PiPin._call_when_changed(self, ticks, self._state)
+
+
+class EmulatedPinFactory(MockFactory):
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        super().__init__(pin_class=EmulatedPin)
+        self._clock = clock or time.monotonic
+
+    def ticks(self) -> float:  # type: ignore[override]
+        return self._clock()
+
+    @staticmethod
+    def ticks_diff(later: float, earlier: float) -> float:
+        return later - earlier
+
+
+class _Stimulus:
+    def __init__(self, pin: EmulatedPin, kind: str, fn: Callable[[float], float], active_high: bool,
+                 width_s: float) -> None:
+        self.pin, self.kind, self.fn, self.active_high, self.width_s = pin, kind, fn, active_high, width_s
+        self.next_t = 0.0
+        self.active = False
+
+
+class EmulatedGpioBus:
+    """One emulated GPIO bus: the pin factory plus plant stimuli (`stimulate`) run by one daemon thread."""
+
+    def __init__(self, name: str = "gpio", plant: Any = None, clock: Callable[[], float] | None = None) -> None:
+        self.name = name
+        self.plant = plant
+        self.factory = EmulatedPinFactory(clock)
+        self._stimuli: list[_Stimulus] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._t0 = self.factory.ticks()
+
+    def pin(self, number: Any) -> EmulatedPin:
+        return self.factory.pin(number)
+
+    def stimulate(self, pin: Any, kind: str, signal: str, active_high: bool = True, width_s: float = 0.05) -> None:
+        """Drive input `pin` from plant signal `signal`: kind "level" (active while the signal is > 0.5),
+        "pulses" (one pulse of `width_s` per event at the signal's rate in Hz) or "square" (a square wave at the
+        signal's frequency in Hz)."""
+        if self.plant is None:
+            return
+        fn = lambda t: self.plant.signal(signal, t)  # noqa: E731
+        with self._lock:
+            self._stimuli.append(_Stimulus(self.factory.pin(pin), kind, fn, active_high, width_s))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"gpio-stimuli-{self.name}", daemon=True)
+                self._thread.start()
+
+    def _set(self, s: _Stimulus, active: bool, now: float) -> None:
+        if s.active != active or s.pin.state != (active == s.active_high):
+            s.active = active
+            s.pin.drive_at(active == s.active_high, now)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = self.factory.ticks()
+            t = now - self._t0
+            wake = now + 0.01
+            with self._lock:
+                stimuli = list(self._stimuli)
+            for s in stimuli:
+                try:
+                    value = s.fn(t)
+                except Exception:
+                    continue
+                if s.kind == "level":
+                    self._set(s, value > 0.5, now)
+                    continue
+                if value <= 0:
+                    self._set(s, False, now)
+                    s.next_t = now
+                    continue
+                if now >= s.next_t:
+                    if s.kind == "square":
+                        self._set(s, not s.active, now)
+                        s.next_t = max(s.next_t, now - 0.1) + 0.5 / value
+                    elif not s.active:
+                        self._set(s, True, now)
+                        s.next_t = now + min(s.width_s, 0.5 / value)
+                    else:
+                        self._set(s, False, now)
+                        s.next_t = max(s.next_t, now - 1.0) + max(1.0 / value - s.width_s, 0.5 / value)
+                wake = min(wake, s.next_t)
+            self._stop.wait(max(wake - self.factory.ticks(), 0.0005))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self.factory.close()
+
+
+__all__ = ["EmulatedPin", "EmulatedPinFactory", "EmulatedGpioBus"]
