@@ -134,6 +134,9 @@ class StreamFeatures:
         self.watched = tuple(a.get("features") or ("rms", "kurtosis", "velocity_rms")) if a else ()
         self.zone: str | None = None
         self.windows = 0
+        rate = sensor.options.get("rate_hz")
+        if is_number(rate) and rate > 0:  # load the kernel now (from the cache when warmed), not at the first window
+            self.analyzer(float(rate)).compute(np.zeros((sensor.window, 1)))
 
     def analyzer(self, rate_hz: float) -> Any:
         an = self._analyzers.get(rate_hz)
