@@ -300,6 +300,11 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
         bus.update(values)
         if emulate:
             bus["backend"] = "emulated"
+        if not errs:  # type-specific keys, validated by hal (unknown keys, ranges, real-only keys like port)
+            from hal.buses import validate_bus
+            bus_values, errs = validate_bus(bus["type"], bus)
+            problems.extend(path, errs)
+            bus.update(bus_values)
         buses[bus_name] = bus
 
     sensors: list[SensorConfig] = []
