@@ -54,6 +54,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     state_dir = resolve_state_dir(args.state_dir, config)
 
+    from agent.signal.cache import configure_cache  # before Numba is imported: where compiled kernels live
+    try:
+        configure_cache()
+    except OSError as e:
+        log.warning("Numba cache directory unusable (%s): kernels will be compiled at every start", e)
+
     from agent.pipeline import Agent  # heavy imports (numba, paho) only now
 
     config_path = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None)
