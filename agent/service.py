@@ -260,29 +260,44 @@ def status_socket_candidates(state_dir: str | os.PathLike[str] | None) -> list[P
     return [p for p in out if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
 
 
-def read_status(path: str | os.PathLike[str], timeout: float = 3.0) -> dict[str, Any]:
-    """Connect to a status socket and return its JSON document. Raises OSError (or ValueError for bad JSON)."""
+def request(path: str | os.PathLike[str], body: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
+    """Send one request to a status socket and return the JSON document it answers. Raises OSError (or
+    ValueError for an answer that is not a JSON object)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(path))
+        s.sendall(json.dumps(body).encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
         chunks = []
         while True:
             data = s.recv(65536)
             if not data:
                 break
             chunks.append(data)
-    doc = json.loads(b"".join(chunks).decode())
+    doc = json.loads(b"".join(chunks).decode() or "null")
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(doc).__name__}")
     return doc
 
 
-class StatusServer:
-    """Serves one JSON document per connection on a UNIX stream socket (mode 0660), from its own thread."""
+def read_status(path: str | os.PathLike[str], timeout: float = 3.0) -> dict[str, Any]:
+    """The running agent's status document from its socket. Raises OSError (or ValueError for bad JSON)."""
+    return request(path, {"cmd": "status"}, timeout)
 
-    def __init__(self, path: str | os.PathLike[str], document: Callable[[], dict[str, Any]]) -> None:
+
+class StatusServer:
+    """Serves one JSON document per connection on a UNIX stream socket (mode 0660), from its own thread.
+
+    A client may send one request line first (`{"cmd": "status"}`, `{"cmd": "capture", ...}`); a client that sends
+    nothing (`socat - UNIX-CONNECT:status.sock`) gets the status document. Requests other than `status` are
+    answered on a thread of their own, so a capture never holds up `status`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], document: Callable[[], dict[str, Any]],
+                 handlers: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None) -> None:
         self.path = Path(path)
         self.document = document
+        self.handlers = dict(handlers or {})
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -334,15 +349,50 @@ class StatusServer:
                     break
                 time.sleep(0.1)
                 continue
-            with conn:
-                try:
-                    conn.settimeout(2.0)
-                    body = json.dumps(self.document(), separators=(",", ":"), default=str, allow_nan=False)
-                    conn.sendall(body.encode() + b"\n")
-                except (OSError, ValueError) as e:
-                    log.debug("status client: %s", e)
-                except Exception:  # a bug building the document must not kill the server
-                    log.exception("building the status document failed")
+            req = self._request(conn)
+            cmd = req.get("cmd", "status") if isinstance(req, dict) else None
+            if cmd == "status":
+                self._answer(conn, self.document)
+            elif cmd in self.handlers:
+                threading.Thread(target=self._answer, args=(conn, lambda r=req, c=cmd: self.handlers[c](r)),
+                                 name=f"status-{cmd}", daemon=True).start()
+            else:
+                known = ", ".join(["status", *self.handlers])
+                self._answer(conn, lambda: {"error": f"unknown request {req!r}; expected a JSON object with "
+                                                     f"\"cmd\" one of: {known}"})
+
+    @staticmethod
+    def _request(conn: socket.socket) -> Any:
+        """The client's request line, {} when it sends none within 0.3 s, None when it is not JSON."""
+        conn.settimeout(0.3)
+        data = b""
+        try:
+            while b"\n" not in data and len(data) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except (TimeoutError, OSError):
+            pass
+        line = data.split(b"\n", 1)[0].strip()
+        if not line:
+            return {}
+        try:
+            return json.loads(line)
+        except ValueError:
+            return line.decode(errors="replace")[:80]
+
+    @staticmethod
+    def _answer(conn: socket.socket, build: Callable[[], dict[str, Any]]) -> None:
+        with conn:
+            try:
+                conn.settimeout(5.0)
+                body = json.dumps(build(), separators=(",", ":"), default=str, allow_nan=False)
+                conn.sendall(body.encode() + b"\n")
+            except (OSError, ValueError) as e:
+                log.debug("status client: %s", e)
+            except Exception:  # a bug building the answer must not kill the server
+                log.exception("answering a status socket request failed")
 
     def stop(self) -> None:
         self._stop.set()
@@ -394,7 +444,7 @@ class Service:
     def ready(self) -> None:
         """The pipeline runs: READY=1, serve the status socket, publish the first health record."""
         if self.status_socket is not None:
-            server = StatusServer(self.status_socket, self.status_document)
+            server = StatusServer(self.status_socket, self.status_document, {"capture": self.capture})
             try:
                 server.start()
             except StatusSocketError as e:
@@ -472,6 +522,9 @@ class Service:
         if not base:
             return []
         allowance: dict[str, float] = {}
+        current = {f"reader.{getattr(r.sensor, 'name', '')}" for r in getattr(self.agent, "readers", [])}
+        # readers of a configuration replaced by a reload leave their last progress behind: not stuck, gone
+        base = [s for s in base if not s.startswith("reader.") or s in current]
         for r in getattr(self.agent, "readers", []):
             sensor = getattr(r, "sensor", None)
             if sensor is not None:
@@ -534,6 +587,29 @@ class Service:
             self.agent.outbox.put(Emit("health", HEALTH_STREAM, now_ns(), payload))
         except Exception:  # self-monitoring must never take the agent down
             log.exception("building the health record failed")
+
+    # -- capture on request (edge-agent capture, while the service owns the hardware) --------------------------
+
+    def capture(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`{"cmd": "capture", "sensor": NAME, "seconds": S}` -> the raw window as a `capture` record payload."""
+        sensor, seconds = req.get("sensor"), req.get("seconds")
+        if not isinstance(sensor, str) or not isinstance(seconds, (int, float)) or isinstance(seconds, bool) \
+                or not 0 < seconds <= 60:
+            return {"error": "expected {\"sensor\": NAME, \"seconds\": S} with 0 < S <= 60"}
+        request_capture = getattr(self.agent, "request_capture", None)
+        if request_capture is None:
+            return {"error": "this agent version cannot capture while running"}
+        try:
+            pending = request_capture(sensor, float(seconds))
+        except ValueError as e:
+            return {"error": str(e)}
+        if not pending.done.wait(seconds * 2 + 10):
+            return {"error": f"no complete {seconds:g} s window of {sensor} within {seconds * 2 + 10:g} s "
+                             "(is the sensor delivering? see `edge-agent status`)"}
+        if pending.error or pending.emit is None:
+            return {"error": pending.error or "capture failed"}
+        return {"capture": pending.emit.payload, "ts": iso_ts(pending.emit.ts_ns),
+                "quality": str(pending.emit.quality)}
 
     # -- the status document ----------------------------------------------------------------------------------
 

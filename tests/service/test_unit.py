@@ -106,8 +106,6 @@ def _commands() -> dict:
     return next(a for a in build_parser()._actions if a.dest == "command").choices
 
 
-@pytest.mark.xfail("warmup" not in _commands(), reason="`edge-agent warmup` lands with the signal-core issue",
-                   strict=True)
 def test_every_edge_agent_command_the_unit_runs_exists() -> None:
     choices = _commands()
     d = directives(UNIT.read_text())
