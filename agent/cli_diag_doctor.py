@@ -43,8 +43,10 @@ class Check:
 
 
 class Doctor:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, *, context: Any = None) -> None:
+        """`context`: the HalContext to open drivers in (default: a new one from the config's buses)."""
         self.args = args
+        self.context = context
         self.timeout = args.timeout
         self.results: list[Check] = []
         self.config: Config | None = None
@@ -182,7 +184,7 @@ class Doctor:
             self._devices_from_service()
             return
         from hal.sources import HalContext
-        context = HalContext(emulate=c.emulate, buses=c.buses)
+        context = self.context if self.context is not None else HalContext(emulate=c.emulate, buses=c.buses)
         try:
             for s in c.sensors:
                 status, message, hint = _probe(s, context, self.timeout)
@@ -392,9 +394,10 @@ def _hint_for(error: str, bus: str | None) -> str:
     on = f" on bus {bus}" if bus else ""
     if "permission" in e:
         return "add the service user to the device's group (see the bus check above)"
-    if any(w in e for w in ("no such device", "nack", "remote i/o", "not found", "absent", "121", "no answer",
-                            "unplugged", "failure")):
-        return f"check the device's wiring, power and address{on}; `i2cdetect -y 1` lists I2C chips that answer"
+    if any(w in e for w in ("no such device", "nack", "acknowledge", "remote i/o", "remoteio", "not found", "absent",
+                            "121", "no answer", "unplugged", "failure")):
+        return (f"check the device's wiring, power and address{on}; is it plugged in? (I2C: `i2cdetect -y 1` lists "
+                "the chips that answer)")
     if "timeout" in e or "timed out" in e:
         return f"check cabling, termination and baud rate/parity{on}; another master on the bus?"
     if "crc" in e:
