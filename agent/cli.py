@@ -16,6 +16,7 @@ from agent import __version__
 # One line per module; each module owns its subcommands.
 COMMAND_MODULES = [
     "agent.cli_core",
+    "agent.cli_hal",
     "agent.cli_diag",
     "agent.cli_sensornode",
     "agent.cli_signal",

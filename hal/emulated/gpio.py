@@ -80,8 +80,14 @@ class EmulatedGpioBus:
         if self.plant is None:
             return
         fn = lambda t: self.plant.signal(signal, t)  # noqa: E731
+        stim = _Stimulus(self.factory.pin(pin), kind, fn, active_high, width_s)
+        if kind == "level":  # the input shows the plant's state from the start
+            try:
+                self._set(stim, fn(self.factory.ticks() - self._t0) > 0.5, self.factory.ticks())
+            except Exception:
+                pass
         with self._lock:
-            self._stimuli.append(_Stimulus(self.factory.pin(pin), kind, fn, active_high, width_s))
+            self._stimuli.append(stim)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=f"gpio-stimuli-{self.name}", daemon=True)
                 self._thread.start()
@@ -110,16 +116,18 @@ class EmulatedGpioBus:
                     self._set(s, False, now)
                     s.next_t = now
                     continue
+                if now - s.next_t > 0.1:  # first edge, or far behind (a suspended machine): no burst of edges
+                    s.next_t = now
                 if now >= s.next_t:
                     if s.kind == "square":
-                        self._set(s, not s.active, now)
-                        s.next_t = max(s.next_t, now - 0.1) + 0.5 / value
+                        self._set(s, not s.active, s.next_t)
+                        s.next_t += 0.5 / value
                     elif not s.active:
-                        self._set(s, True, now)
-                        s.next_t = now + min(s.width_s, 0.5 / value)
+                        self._set(s, True, s.next_t)
+                        s.next_t += min(s.width_s, 0.5 / value)
                     else:
-                        self._set(s, False, now)
-                        s.next_t = max(s.next_t, now - 1.0) + max(1.0 / value - s.width_s, 0.5 / value)
+                        self._set(s, False, s.next_t)
+                        s.next_t += max(1.0 / value - s.width_s, 0.5 / value)
                 wake = min(wake, s.next_t)
             self._stop.wait(max(wake - self.factory.ticks(), 0.0005))
 
