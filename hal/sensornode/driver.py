@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import select
 import threading
 import time
 from collections import deque
@@ -337,8 +338,13 @@ class SensorNode:
             if ser is None:
                 raise LinkFault("port closed")
             try:
-                ser.timeout = max(0.0, wait_s)
-                data = ser.read(max(1, ser.in_waiting))
+                # wait with select() on the fd: setting pyserial's timeout per call would reprogram the tty
+                # (tcsetattr) every time; the port stays non-blocking (timeout=0)
+                waiting = ser.in_waiting
+                if not waiting and wait_s > 0:
+                    select.select([ser.fileno()], [], [], wait_s)
+                    waiting = ser.in_waiting
+                data = ser.read(max(1, waiting))
             except (OSError, ValueError, TypeError) as e:  # SerialException is an OSError
                 raise LinkFault(f"read failed: {e}") from None
             if not data:

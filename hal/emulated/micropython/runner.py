@@ -11,7 +11,7 @@ are limited to the shim modules, the firmware's own files and a few modules Micr
 CPython has but the board does not fails here too.
 
 Watchdog: `machine.WDT` expiry reboots the firmware (reset cause WDT_RESET). It is delivered at the main loop's next
-shim call; a loop that makes no shim call at all is interrupted with an asynchronous exception a second later.
+shim call; a loop that makes no shim call at all is interrupted with an asynchronous exception two seconds later.
 
 Standalone: `python -m hal.emulated.micropython.runner --link-dir /tmp/nodes` serves one node until Ctrl-C.
 """
@@ -215,9 +215,18 @@ class EmulatedNode:
     # ---- the firmware's threads ---------------------------------------------------------------------------------
 
     def _run_cpu(self, board: Board) -> None:
+        reset: Reset | None = None
         while True:
-            self.boots += 1
             try:
+                if reset is not None:  # inside the try: a late reset during the clean-up is caught too
+                    board.stop_timers()
+                    board.hung = False
+                    board.wdt_deadline = None
+                    board.reset_cause = reset.cause
+                    if isinstance(reset, WatchdogReset):
+                        self.watchdog_resets += 1
+                    reset = None
+                self.boots += 1
                 try:
                     FirmwareImage(self.firmware, board.modules()).load("main")
                     log.info("node %s: main.py returned; idling as the REPL would", self.board_id)
@@ -232,14 +241,7 @@ class EmulatedNode:
                 board.stop_timers()
                 return
             except Reset as r:
-                board.stop_timers()
-                board.hung = False
-                board.wdt_deadline = None
-                board.pending = None
-                board.reset_cause = r.cause
-                if isinstance(r, WatchdogReset):
-                    self.watchdog_resets += 1
-                continue
+                reset = r
 
     def _watchdog(self, board: Board, cpu: threading.Thread, stop: threading.Event) -> None:
         while not stop.wait(0.02):
@@ -249,11 +251,14 @@ class EmulatedNode:
             board.wdt_deadline = None
             board.stop_timers()
             board.pending = WatchdogReset
-            # a loop that makes no shim call never sees `pending`: interrupt it after a second
-            if stop.wait(1.0):
+            # a loop that makes no shim call never takes `pending`: interrupt it after two seconds
+            if stop.wait(2.0):
                 return
-            if board.pending is WatchdogReset and cpu.is_alive():
-                board.pending = None
+            with board._lock:
+                untaken = board.pending is WatchdogReset
+                if untaken:
+                    board.pending = None
+            if untaken and cpu.is_alive():
                 _raise_in(cpu, WatchdogReset)
 
 

@@ -199,10 +199,11 @@ class Board:
     def checkpoint(self) -> None:
         """Called by every shim call the main loop makes: delivers a pending reset or power-off, emulates a hang."""
         while True:
-            p = self.pending
-            if p is not None:
-                self.pending = None
-                raise p()
+            if self.pending is not None:
+                with self._lock:  # taken exactly once, by this thread or by the runner's watchdog
+                    p, self.pending = self.pending, None
+                if p is not None:
+                    raise p()
             if not self.hung:  # a stuck main loop: only the watchdog (or power) gets out of here
                 return
             _time.sleep(0.005)
@@ -257,8 +258,9 @@ class Timer:
         while not stop.is_set():
             now = board.now_us()
             due = start + (k + 1) * period_us
-            if due > now:
-                stop.wait(max(board.batch_s, (due - now) / 1e6))
+            ripe = due + board.batch_s * 1e6  # let a batch accumulate: wake when the oldest due tick is batch_s old
+            if ripe > now:
+                stop.wait((ripe - now) / 1e6)
                 continue
             count = int((now - due) // period_us) + 1
             if mode == Timer.ONE_SHOT:
