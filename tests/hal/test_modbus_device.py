@@ -217,3 +217,40 @@ def test_wrong_bus_is_a_configuration_error(make_context):
         open_source("modbus", "meter", {"profile": "sdm630"}, ctx, bus="i2c1")
     with pytest.raises(ConfigurationError, match="meter.bus: missing"):
         open_source("modbus", "meter", {"profile": "sdm630"}, ctx, bus=None)
+
+
+def test_a_reader_thread_survives_faults_and_resumes(make_context, plant):
+    """A poll loop in a thread, as the pipeline runs it, while the device dies and comes back."""
+    import threading
+
+    ctx, server, (dev,) = open_devices(make_context, plant, "modbus_rtu",
+                                       ("m", {"profile": "sdm630", "include": ["voltage_l1"], "backoff_min_s": 0.01,
+                                              "backoff_max_s": 0.02}), timeout=0.05)
+    seen: list = []
+    errors: list = []
+    phase = threading.Event()
+
+    def reader():
+        try:
+            while not phase.is_set() or not seen or seen[-1].quality is not Quality.GOOD:
+                seen.extend(dev.poll())
+                if len(seen) > 10000:
+                    break
+        except BaseException as e:  # the test fails if anything escapes poll()
+            errors.append(e)
+
+    server.go_silent(1)
+    t = threading.Thread(target=reader)
+    t.start()
+    while not any(r.quality is Quality.BAD for r in seen):
+        t.join(0.01)
+    server.fail_with(1, 4)
+    server.answer(1)
+    while not any(r.error and "exception 4" in r.error for r in seen):
+        t.join(0.01)
+    server.fail_with(1, None)
+    phase.set()
+    t.join(10)
+    assert not t.is_alive() and not errors
+    assert seen[-1].quality is Quality.GOOD
+    assert dev.counters["timeouts"] >= 1 and dev.counters["exceptions"] >= 1
