@@ -57,3 +57,23 @@ def test_config_loader_reports_feature_problems_with_the_full_key_path():
     ok = parse({"agent": {"id": "t"}, "sensors": [{"name": "vib", "driver": "emulated.vibration",
                                                    "features": {"bearing": "6205", "shaft_hz": 24.75}}]}, "a.toml")
     assert ok.sensors[0].features == {"bearing": "6205", "shaft_hz": 24.75}
+
+
+def test_the_examples_in_docs_signal_md_are_valid():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from hal.sources import driver_class
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "signal.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2
+    checked = 0
+    for block in blocks:
+        for sensor in tomllib.loads(block)["sensors"]:
+            kind = getattr(driver_class(sensor["driver"]), "kind", "slow")
+            values, errors = validate_features(kind, sensor.get("features", {}))
+            assert errors == [], (sensor["name"], errors)
+            checked += bool(sensor.get("features"))
+    assert checked >= 2
