@@ -93,6 +93,17 @@ class MqttConfig:
     tls_insecure: bool = False
     batch: int = 1
     live_share: float = 0.5
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class SparkplugConfig:
+    """Sparkplug B 3.0 settings (used when mqtt.format = "sparkplug")."""
+
+    group_id: str = ""
+    edge_node_id: str = ""  # default: the agent id
+    primary_host_id: str = ""  # wait for this host's STATE before BIRTH; empty: no primary host
+    data_qos: int = 1  # the spec says 0; 1 keeps the outbox's at-least-once guarantee up to the broker
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ class SensorConfig:
     hop: int = 4096
     features: Mapping[str, Any] = field(default_factory=dict)
     path: str = ""  # key path in the file, for messages at run time (`sensors[1]`)
+    device: str = ""  # Sparkplug device id (empty: the sensor name)
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,7 @@ class Config:
     outbox: OutboxConfig
     commands: CommandsConfig
     buses: Mapping[str, Mapping[str, Any]]
+    sparkplug: SparkplugConfig
     sensors: tuple[SensorConfig, ...]
     emulate: bool
     digest: str  # sha256 of the file's bytes (first 12 hex digits), published in the birth message
@@ -184,6 +197,18 @@ _MQTT_OPTIONS = [
     Option("batch", int, 1, "records of one stream per message (1: no batching)", in_range(1, 1000)),
     Option("live_share", (int, float), 0.5, "share of the in-flight window kept for live data while a backlog "
            "drains", in_range(0.05, 1.0)),
+    Option("format", str, "json", "wire format", choices=("json", "sparkplug")),
+]
+_SPARKPLUG_ID = (lambda v: None if v and not set(v) & set("/+#") else
+                 "expected an id without '/', '+' or '#'")
+_SPARKPLUG_OPTIONS = [
+    Option("group_id", str, "", "Sparkplug group id (required with mqtt.format = \"sparkplug\")",
+           lambda v: None if not v else _SPARKPLUG_ID(v)),
+    Option("edge_node_id", str, "", "edge node id (default: the agent id)", lambda v: None if not v else _SPARKPLUG_ID(v)),
+    Option("primary_host_id", str, "", "primary host application id to wait for",
+           lambda v: None if not v else _SPARKPLUG_ID(v)),
+    Option("data_qos", int, 1, "QoS of BIRTH/DATA messages (the spec says 0; 1 keeps at-least-once delivery)",
+           choices=(0, 1)),
 ]
 _COMMANDS_OPTIONS = [
     Option("enabled", bool, False, "accept commands on <prefix>/<id>/cmd/<name>"),
@@ -210,13 +235,15 @@ _SENSOR_GENERIC = [
     Option("hop", int, 0, "samples between window starts (default: the window, no overlap)", non_negative),
     Option("features", dict, {}, "feature settings"),
     Option("enabled", bool, True, "false skips the sensor"),
+    Option("device", str, "", "Sparkplug device id (default: the sensor name)",
+           lambda v: None if not v else _SPARKPLUG_ID(v)),
 ]
 _BUS_OPTIONS_GENERIC = [
     Option("type", str, REQUIRED, "the bus type", choices=("gpio", "i2c", "serial", "modbus_tcp", "modbus_rtu")),
     Option("backend", str, "real", "real hardware or its emulated backend", choices=("real", "emulated")),
 ]
 _SENSOR_GENERIC_KEYS = {o.name for o in _SENSOR_GENERIC}
-_TOP_LEVEL = {"agent", "mqtt", "outbox", "buses", "sensors", "commands"}
+_TOP_LEVEL = {"agent", "mqtt", "outbox", "buses", "sensors", "commands", "sparkplug"}
 
 
 class _Problems:
@@ -281,6 +308,10 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
 
     commands_v, errs = parse_options(_COMMANDS_OPTIONS, _table(raw, "commands", problems))
     problems.extend("commands", errs)
+    sparkplug_v, errs = parse_options(_SPARKPLUG_OPTIONS, _table(raw, "sparkplug", problems))
+    problems.extend("sparkplug", errs)
+    if mqtt_v.get("format") == "sparkplug" and not errs and not sparkplug_v.get("group_id"):
+        problems.add("sparkplug.group_id", "missing: expected a group id when mqtt.format = \"sparkplug\"")
 
     outbox_v, errs = parse_options(_OUTBOX_OPTIONS, _table(raw, "outbox", problems))
     problems.extend("outbox", errs)
@@ -351,7 +382,7 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
         if name and driver and not errs:
             sensors.append(SensorConfig(name=name, driver=driver, kind=kind, options=values, bus=g.get("bus") or None,
                                         interval_s=float(g.get("interval_s", 1.0)), window=window, hop=hop,
-                                        features=g.get("features", {}), path=path))
+                                        features=g.get("features", {}), path=path, device=g.get("device", "")))
 
     if problems.items:
         raise ConfigError(problems.items)
@@ -362,6 +393,7 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
         mqtt=MqttConfig(broker=broker, **{k: v for k, v in mqtt_v.items()
                                            if k not in ("url", "password_file", "password_env")}),
         outbox=OutboxConfig(**outbox_v),
+        sparkplug=SparkplugConfig(**sparkplug_v),
         commands=CommandsConfig(enabled=commands_v["enabled"], allow=tuple(commands_v["allow"]),
                                 max_bytes=commands_v["max_bytes"], capture_max_s=float(commands_v["capture_max_s"])),
         buses=buses,

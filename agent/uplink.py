@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -54,6 +54,8 @@ class Uplink:
         self.agent_id = config.agent.id
         self.prefix = self.mqtt.prefix
         self.status_topic = f"{self.prefix}/{self.agent_id}/status"
+        self._ready = False  # a session is up and the wire format allows data (JSON: at CONNACK)
+        self.format: WireFormat = self._make_format()
         self._client = self._make_client()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -89,7 +91,6 @@ class Uplink:
         c.max_inflight_messages_set(self.mqtt.inflight)
         c.max_queued_messages_set(0)
         c.connect_timeout = self.mqtt.connect_timeout_s
-        c.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
         if self.mqtt.broker.tls:
             c.tls_set(ca_certs=self.mqtt.ca_file or None, certfile=self.mqtt.cert_file or None,
                       keyfile=self.mqtt.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
@@ -103,7 +104,13 @@ class Uplink:
         c.on_message = self._on_message
         return c
 
-    def _status_payload(self, status: str) -> bytes:
+    def _make_format(self) -> "WireFormat":
+        if self.mqtt.format == "sparkplug":
+            from agent.sparkplug.node import SparkplugFormat
+            return SparkplugFormat(self)
+        return JsonFormat(self)
+
+    def status_payload(self, status: str) -> bytes:
         body: dict[str, Any] = {"agent": self.agent_id, "status": status}
         if status == "online":
             body.update({"version": __version__, "config": self.config.digest, "boot": iso_ts(self.boot_ns),
@@ -122,27 +129,39 @@ class Uplink:
         self._last_error = ""
         self.stats.set("link", "up")
         self.stats.inc("uplink_connects")
-        client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
-        if self.on_command is not None:
+        if self.on_command is not None and self.mqtt.format == "json":
             # subscribe on every connect: a clean session forgets subscriptions (mqtt-io #333)
             client.subscribe(f"{self.cmd_topic}/+", qos=1)
-        depth = self.outbox.depth
-        if self._reader is not None and self._backlog_end == 0:
+        log.info("connected to %s as %s; %d records in the outbox", self.mqtt.broker.url, self.agent_id,
+                 self.outbox.depth)
+        self._down_reported = False
+        self._ever_connected = True
+        self.connected.set()
+        if self.format.on_connect(client):
+            self.set_ready(True)
+
+    def set_ready(self, ready: bool) -> None:
+        """Data may flow (True) or must wait (False, e.g. Sparkplug's primary host is offline). Records already
+        in the outbox when data starts flowing are the backlog: published as historical, beside live data."""
+        if ready and not self._ready and self._reader is not None and self._backlog_end == 0:
             end = self._reader.max_id()
             if end > self._cursor:
                 self._backlog_cursor = self._cursor
                 self._backlog_end = end
                 self._cursor = end
-        log.info("connected to %s as %s; %d records in the outbox%s", self.mqtt.broker.url, self.agent_id, depth,
-                 " (publishing the backlog as historical while live data flows)" if self._backlog_end else "")
-        self._down_reported = False
-        self._ever_connected = True
-        self.connected.set()
+                log.info("publishing a backlog of up to %d records as historical while live data flows",
+                         end - self._backlog_cursor)
+        self._ready = ready
+
+    def reconnect(self) -> None:
+        """Drop the connection (after the format published what it had to); the loop connects again."""
+        self._client.disconnect()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         was_up = self._session_up
         self._session_up = False
+        self._ready = False
         self.connected.clear()
         self.stats.set("link", "down")
         if was_up and self._drain_deadline is None:
@@ -159,6 +178,8 @@ class Uplink:
         self._acked_mids.append(mid)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.format.on_message(client, msg):
+            return
         handler = self.on_command
         if handler is None or not msg.topic.startswith(self.cmd_topic + "/"):
             return
@@ -206,7 +227,7 @@ class Uplink:
         """True when a stop was requested and there is nothing more we may publish."""
         if self._drain_deadline is None:
             return False
-        if time.monotonic() >= self._drain_deadline or not self._session_up:
+        if time.monotonic() >= self._drain_deadline or not self._session_up or not self._ready:
             return True
         return not self._inflight and self._fetch_nothing_left()
 
@@ -231,10 +252,27 @@ class Uplink:
 
     def _connect_once(self, first: bool) -> None:
         host, port = self.mqtt.broker.host, self.mqtt.broker.port
+        if not first and self.format.fresh_session:
+            self._rewind()
+            self._client = self._make_client()
+            first = True
+        self.format.before_connect(self._client)
         if first:
             self._client.connect(host, port, keepalive=self.mqtt.keepalive_s)
         else:
             self._client.reconnect()
+
+    def _rewind(self) -> None:
+        """Forget what paho held in flight and send it again from the outbox (after the next birth)."""
+        ids = [rid for group in self._inflight.values() for rid in group]
+        self._inflight.clear()
+        self._acked_mids.clear()
+        low = min(ids) - 1 if ids else self._cursor
+        if self._backlog_end and self._backlog_cursor < self._backlog_end:
+            low = min(low, self._backlog_cursor)
+        self._cursor = min(self._cursor, low)
+        self._backlog_end = 0
+        self._cursor_behind = True
 
     def _run(self) -> None:
         delay = self.mqtt.reconnect_min_s
@@ -287,14 +325,16 @@ class Uplink:
                 delay = self.mqtt.reconnect_min_s
                 while self._responses:
                     self._client.publish(self.response_topic, self._responses.popleft(), qos=1)
-                self._pump()
+                self.format.tick(self._client)
+                if self._ready:
+                    self._pump()
         self._finish()
 
     def _finish(self) -> None:
         if self._session_up:
-            info = self._client.publish(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
+            info = self.format.on_stop(self._client)
             deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline and not info.is_published():
+            while time.monotonic() < deadline and info is not None and not info.is_published():
                 if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
             self._handle_acks()
@@ -320,12 +360,11 @@ class Uplink:
         self.stats.set("uplink_inflight", len(self._inflight))
 
     def _publish_group(self, records: list[Record], historical: bool) -> bool:
-        if len(records) == 1:
-            topic, body = encode(records[0], self.agent_id, self.prefix, historical=historical)
-        else:  # a batch: one message, a JSON array of the records' usual bodies, all of one stream
-            parts = [encode(r, self.agent_id, self.prefix, historical=historical) for r in records]
-            topic, body = parts[0][0], b"[" + b",".join(p[1] for p in parts) + b"]"
-        info = self._client.publish(topic, body, qos=1)
+        messages = self.format.encode(records, historical)
+        for topic, body, qos in messages[:-1]:  # e.g. a Sparkplug DBIRTH before the first DDATA of a device
+            self._client.publish(topic, body, qos=qos)
+        topic, body, qos = messages[-1]
+        info = self._client.publish(topic, body, qos=qos)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN,
                            MQTTErrorCode.MQTT_ERR_CONN_LOST):
             self.stats.inc("uplink_publish_errors")
@@ -394,3 +433,50 @@ class Uplink:
     @property
     def last_error(self) -> str:
         return self._last_error
+
+
+class WireFormat(Protocol):
+    """How records become MQTT messages. JSON (below) or Sparkplug B (`agent.sparkplug.node`)."""
+
+    fresh_session: bool  # True: after a link loss, paho's queue is dropped and the outbox re-sent after birth
+
+    def before_connect(self, client: mqtt.Client) -> None: ...
+    def on_connect(self, client: mqtt.Client) -> bool: ...
+    def on_message(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> bool: ...
+    def tick(self, client: mqtt.Client) -> None: ...
+    def encode(self, records: list[Record], historical: bool) -> list[tuple[str, bytes, int]]: ...
+    def on_stop(self, client: mqtt.Client) -> mqtt.MQTTMessageInfo | None: ...
+
+
+class JsonFormat:
+    """The JSON wire format (README, "Wire format"): one message per record, or a JSON array per batch."""
+
+    fresh_session = False
+
+    def __init__(self, uplink: Uplink) -> None:
+        self.uplink = uplink
+
+    def before_connect(self, client: mqtt.Client) -> None:
+        client.will_set(self.uplink.status_topic, self.uplink.status_payload("offline"), qos=1, retain=True)
+
+    def on_connect(self, client: mqtt.Client) -> bool:
+        client.publish(self.uplink.status_topic, self.uplink.status_payload("online"), qos=1, retain=True)
+        return True
+
+    def on_message(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> bool:
+        return False
+
+    def tick(self, client: mqtt.Client) -> None:
+        pass
+
+    def encode(self, records: list[Record], historical: bool) -> list[tuple[str, bytes, int]]:
+        u = self.uplink
+        if len(records) == 1:
+            topic, body = encode(records[0], u.agent_id, u.prefix, historical=historical)
+        else:  # a batch: one message, a JSON array of the records' usual bodies, all of one stream
+            parts = [encode(r, u.agent_id, u.prefix, historical=historical) for r in records]
+            topic, body = parts[0][0], b"[" + b",".join(p[1] for p in parts) + b"]"
+        return [(topic, body, 1)]
+
+    def on_stop(self, client: mqtt.Client) -> mqtt.MQTTMessageInfo | None:
+        return client.publish(self.uplink.status_topic, self.uplink.status_payload("offline"), qos=1, retain=True)
