@@ -32,12 +32,19 @@ class RealGpioBus:
 
         from gpiozero import Device
 
+        from hal.errors import Unsupported
+
         self.name = name
-        if pin_factory:
-            module, _, cls = _FACTORIES[pin_factory].partition(":")
-            self.factory = getattr(importlib.import_module(module), cls)()
-        else:
-            self.factory = Device._default_pin_factory()  # gpiozero's own fallback order, with its warnings
+        try:
+            if pin_factory:
+                module, _, cls = _FACTORIES[pin_factory].partition(":")
+                self.factory = getattr(importlib.import_module(module), cls)()
+            else:
+                self.factory = Device._default_pin_factory()  # gpiozero's own fallback order, with its warnings
+        except Exception as e:  # BadPinFactory, ImportError, no /dev/gpiochip: not a Pi, or lgpio missing
+            raise Unsupported(f"GPIO bus {name}: no usable gpiozero pin factory ({e}); on a Raspberry Pi install "
+                              "python3-lgpio (or pip install lgpio), elsewhere use backend = \"emulated\" or "
+                              "--emulate") from None
 
     def stimulate(self, *args: Any, **kwargs: Any) -> None:
         pass  # real inputs are driven by the machine

@@ -88,7 +88,7 @@ class ADXL345:
         self.clock = getattr(i2c, "clock", time.monotonic)
         self.ready = False
         self.last_error: str | None = None
-        self.counters = {"blocks": 0, "samples": 0, "drains": 0, "overruns": 0, "lost_samples": 0, "bus_errors": 0,
+        self.counters = {"blocks": 0, "samples": 0, "checks": 0, "drains": 0, "overruns": 0, "lost_samples": 0, "bus_errors": 0,
                          "inits": 0}
         self._segments: list[dict[str, Any]] = []  # {gap, parts, start index}; only the last one grows
         self._index = 0  # samples (read or lost) since the first drain
@@ -141,10 +141,14 @@ class ADXL345:
             self._segments.append({"gap": n, "parts": [], "start": self._index})
 
     # -- reading ------------------------------------------------------------------------------------------------
-    def drain(self) -> int:
-        """Read everything the FIFO holds. Returns the number of entries read."""
+    def drain(self, force: bool = False) -> int:
+        """Read everything the FIFO holds once it reached the watermark (or overran; `force`: whatever it holds).
+        Returns the number of entries read."""
         dev = self.dev
         source = dev.read_u8(_REG_INT_SOURCE)
+        self.counters["checks"] += 1
+        if not source & (INT_WATERMARK | INT_OVERRUN) and not force:
+            return 0  # below the watermark: one status byte, no FIFO traffic
         entries = dev.read_u8(_REG_FIFO_STATUS) & 0x3F
         now = self.clock()
         self.counters["drains"] += 1

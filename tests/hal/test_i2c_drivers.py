@@ -253,10 +253,11 @@ def test_adxl345_streams_blocks_of_plant_vibration_read_in_bursts(rig):
     assert peak_hz == pytest.approx(rig.plant.shaft_hz, abs=3200 / 1024)
     # contiguous blocks: t0 advances by exactly block_size / rate
     assert blocks[1].t0_ns - blocks[0].t0_ns == pytest.approx(1024 / 3200 * 1e9, abs=1)
-    # bursts: one transaction per sample plus two per drain, never a status poll per sample
+    # bursts: one transaction per sample, one INT_SOURCE check per wake-up and one FIFO_STATUS per drain
     used = rig.bus.transactions - t0
-    assert used <= s.counters["samples"] + 2 * s.counters["drains"] + 2
-    assert s.counters["drains"] * 8 < s.counters["samples"]
+    assert used == s.counters["samples"] + s.counters["checks"] + s.counters["drains"]
+    assert s.counters["drains"] * 16 <= s.counters["samples"]  # drained at the watermark (16), not per sample
+    assert s.counters["checks"] < s.counters["samples"] / 4
 
 
 def test_adxl345_overrun_is_reported_as_a_gap(rig):
@@ -272,6 +273,16 @@ def test_adxl345_overrun_is_reported_as_a_gap(rig):
     assert all(len(b) <= 256 for b in blocks)
     nxt = s.read_block(1.0)
     assert nxt.gap == 0 and len(nxt) == 256
+
+
+def test_adxl345_waits_for_the_watermark(rig):
+    s = rig.make("adxl345", "spindle", {"rate_hz": 100, "watermark": 20, "block_size": 10})
+    chip = rig.bus.chips[0x53]
+    rig.clock.advance(0.1)  # 11 samples (the first at t = 0) in the FIFO, below the watermark
+    assert s.drain() == 0 and len(chip.fifo) == 11
+    rig.clock.advance(0.1)
+    assert s.drain() == 21 and len(chip.fifo) == 0
+    assert s.read_block(0.0).samples.shape == (10, 3)
 
 
 def test_adxl345_wrong_devid(rig):
