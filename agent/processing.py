@@ -34,6 +34,7 @@ from agent.windows import Windower
 from hal.types import Block, Quality, Reading
 
 DEFAULT_HEARTBEAT_S = 300.0
+ZONE_WINDOWS = 3  # windows a new ISO zone must hold before a zone event
 
 
 class Processor(Protocol):
@@ -133,6 +134,7 @@ class StreamFeatures:
         self.anomaly = AnomalyDetector(a["z"], a["warmup"], a["adapt"]) if a else None
         self.watched = tuple(a.get("features") or ("rms", "kurtosis", "velocity_rms")) if a else ()
         self.zone: str | None = None
+        self._zone_candidate: tuple[str, int, int] | None = None
         self.windows = 0
         rate = sensor.options.get("rate_hz")
         if is_number(rate) and rate > 0:  # load the kernel now (from the cache when warmed), not at the first window
@@ -174,11 +176,8 @@ class StreamFeatures:
             self.windows += 1
             if w.quality == Quality.BAD:
                 continue
-            if zone and zone != self.zone:
-                if self.zone is not None:
-                    out.append(Emit("event", self.events_stream, w.t0_ns,
-                                    {"event": "zone", "zone": zone, "previous": self.zone}, w.quality))
-                self.zone = zone
+            if zone:
+                out.extend(self._zone(zone, w.t0_ns, w.quality))
             if self.state is not None:
                 levels = [f.get(self.state.source) for f in features.values()]
                 levels = [v for v in levels if is_number(v) and math.isfinite(v)]
@@ -192,6 +191,24 @@ class StreamFeatures:
                             if ev:
                                 out.append(Emit("event", self.events_stream, w.t0_ns, ev, w.quality))
         return out
+
+    def _zone(self, zone: str, ts_ns: int, quality: Quality) -> list[Emit]:
+        """A zone change is reported once the new zone has held for ZONE_WINDOWS windows in a row."""
+        if zone == self.zone:
+            self._zone_candidate = None
+            return []
+        if self.zone is None:
+            self.zone = zone
+            return []
+        if self._zone_candidate is None or self._zone_candidate[0] != zone:
+            self._zone_candidate = (zone, ts_ns, 0)
+        z, since, count = self._zone_candidate
+        self._zone_candidate = (z, since, count + 1)
+        if count + 1 < ZONE_WINDOWS:
+            return []
+        previous, self.zone, self._zone_candidate = self.zone, zone, None
+        return [Emit("event", self.events_stream, since, {"event": "zone", "zone": zone, "previous": previous},
+                     quality)]
 
     def on_reading(self, reading: Reading) -> list[Emit]:
         return []

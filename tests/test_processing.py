@@ -219,3 +219,34 @@ def test_slow_anomaly_events():
     out = feed(proc, list(rng.normal(40, 0.2, 30)) + [45.0])
     events = [e for e in out if e.kind == "event"]
     assert len(events) == 1 and events[0].stream == "temp.events" and events[0].payload["event"] == "anomaly"
+
+
+def test_zone_events_need_the_new_zone_to_hold_for_three_windows():
+    rate, window = 6400.0, 1024  # 100 Hz sits on bin 16
+    t = np.arange(window) / rate
+
+    def win(mm_s):  # a 100 Hz tone with a velocity RMS of mm_s
+        return mm_s * 1e-3 * np.sqrt(2) * 2 * np.pi * 100 * np.sin(2 * np.pi * 100 * t)
+
+    levels = [1.0, 2.0, 1.0, 2.0, 2.0, 2.0, 2.0, 5.0]  # zones A, B, A, B, B, B, B, D (group2_rigid)
+    proc = make_processor(stream_sensor({"iso": "group2_rigid"}, window=window))
+    x = np.concatenate([win(v) for v in levels])
+    out = run_stream(proc, x, rate=rate, size=window)
+    assert [e.payload["zone"] for e in out if e.kind == "features"] == list("ABABBBBD")
+    events = [(e.payload["zone"], e.payload["previous"], (e.ts_ns - T0) * rate // NS // window)
+              for e in out if e.kind == "event"]
+    assert events == [("B", "A", 3)]  # dated from the first of the three windows
+
+
+def test_degenerate_windows_do_not_break_the_record():
+    proc = make_processor(stream_sensor({"bands": [[0, 100]], "sk": True, "bearing": "6205", "shaft_hz": 20},
+                                        window=64))
+    x = np.zeros(128)
+    x[64:] = np.nan
+    out = run_stream(proc, x, size=64)
+    assert len(out) == 2
+    for e in out:
+        json.loads(payload_json(e.payload))
+    zero = out[0].payload["features"]["x"]
+    assert zero["rms"] == 0.0 and zero["bands"] == [0.0] and zero["peaks"] == []
+    assert math.isnan(zero["crest"]) and math.isnan(zero["kurtosis"])  # 0/0, sent as null

@@ -213,7 +213,7 @@ class Baseline:
 
 
 class AnomalyDetector:
-    """Per-feature baselines; an event when a feature's |z| reaches `z` and again when it returns below.
+    """Per-feature baselines; an event when a feature's |z| reaches `z` and again when it falls below 3/4 of `z`.
 
     The first `warmup` values of a feature only teach the baseline. Anomalous values do not update it unless
     `adapt` is set, so a lasting change stays visible instead of becoming the new normal.
@@ -237,7 +237,9 @@ class AnomalyDetector:
             std = b.std
             z = (value - b.mean) / std if std > 0 else (0.0 if value == b.mean else math.copysign(math.inf,
                                                                                                 value - b.mean))
-            anomalous = abs(z) >= self.z
+            # hysteresis: an active anomaly clears only below 3/4 of the threshold, so a value hovering at the
+            # threshold does not flood the events stream
+            anomalous = abs(z) >= (self.z * 0.75 if key in self.active else self.z)
             info = {"feature": key, "value": value, "z": z if math.isfinite(z) else None, "mean": b.mean,
                     "std": std, "n": b.n}
             if anomalous and key not in self.active:

@@ -127,5 +127,6 @@ def test_anomaly_events_on_entry_and_exit_only():
     assert ev["event"] == "anomaly" and ev["z"] == pytest.approx((3.0 - mean) / std)
     assert det.observe("x.rms", 3.1) is None  # still anomalous: no repeat
     assert det.baselines["x.rms"].n == n  # anomalous values do not teach the baseline
+    assert det.observe("x.rms", mean + 3.2 * std) is None  # above 3/4 of z: still the same anomaly
     assert det.observe("x.rms", 1.0)["event"] == "anomaly_cleared"
     assert det.observe("x.rms", math.nan) is None
