@@ -232,6 +232,8 @@ class SensorNode:
             try:
                 reply = self._command(P.T_SET_RATE, rate)
                 self.rate_hz = float(reply.fields["rate_hz"])
+            except NodeRefused as e:
+                raise ConfigurationError(f"{self.name}: {e}") from None
             except LinkFault as e:
                 self._fault(e)
 
@@ -267,9 +269,8 @@ class SensorNode:
                 try:
                     ser.reset_input_buffer()
                     ser.write(b"\x00")  # end whatever partial frame the node has received
-                    self._streaming = False
-                    self._command(P.T_STOP)
-                    ident = self._command(P.T_IDENTIFY)
+                    self._streaming = False  # a node still streaming from before: its frames are ignored
+                    ident = self._command(P.T_IDENTIFY)  # nothing else is sent to a board that is not ours
                 except (LinkFault, NodeRefused) as e:
                     log.debug("%s: %s does not answer as a sensor node: %s", self.name, path, e)
                     self._drop_port()

@@ -247,3 +247,32 @@ def test_options_are_validated() -> None:
                                                        "bogus": 1})
     keys = {k for k, _ in errors}
     assert keys == {"board_id", "channels", "rate_hz", "bogus"}
+
+
+def test_a_node_left_streaming_by_a_killed_agent_is_taken_over(emu: EmulatedNode, tmp_path: Path,
+                                                                plant: Plant) -> None:
+    first = make_driver(tmp_path, plant)
+    first.open()
+    read(first, 2)
+    first._ser.close()  # the agent died: no STOP was sent, the node keeps streaming
+    second = make_driver(tmp_path, plant, rate_hz=6400, block_size=128)
+    second.open()
+    try:
+        blocks = read(second, 6)
+        assert all(b.rate_hz == 6400 and len(b) == 128 for b in blocks)  # nothing from the old stream
+        assert [b.gap for b in blocks] == [0] * 6
+    finally:
+        second.close()
+
+
+def test_cli_lists_and_reads_nodes(emu: EmulatedNode, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from agent.cli import main
+
+    assert main(["sensornode", "list", "--port", str(tmp_path / "ttyNODE*")]) == 0
+    out = capsys.readouterr().out
+    assert f"board {BOARD}" in out and "channels [0, 1, 2]" in out and "last reset: power-on" in out
+    assert main(["sensornode", "read", "--port", str(tmp_path / "ttyNODE*"), "--board-id", BOARD,
+                 "--channels", "0,2", "--blocks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("256 samples @ 3200 Hz gap 0 good  rms ch0=") == 2 and "ch2=" in out
+    assert main(["sensornode", "list", "--port", str(tmp_path / "none*")]) == 1
