@@ -68,6 +68,17 @@ def gpio_bus(context: Any, bus: str | None, sensor: str = "gpio") -> Any:
     return context.shared(key, lambda: RealGpioBus(bus or "gpio", values.get("pin_factory", "")))
 
 
+def _make(sensor: str, cls: Any, pin: Any, **kwargs: Any) -> Any:
+    """Construct a gpiozero device; a pin that is invalid or already used is a configuration error."""
+    from gpiozero.exc import GPIOZeroError
+
+    from hal.errors import ConfigurationError
+    try:
+        return cls(pin, **kwargs)
+    except GPIOZeroError as e:
+        raise ConfigurationError(f"{sensor}.pin: {e}") from None
+
+
 def _pin_check(v: Any) -> str | None:
     if isinstance(v, bool):
         return "expected a BCM GPIO number 0..27 or a pin name like \"GPIO17\" or \"BOARD11\""
@@ -105,7 +116,8 @@ class _GpioInput:
 
         if self.device is not None:
             return
-        dev = InputDevice(self.pin_name, pull_up=None, active_state=self.active_high, pin_factory=self.factory)
+        dev = _make(self.name, InputDevice, self.pin_name, pull_up=None, active_state=self.active_high,
+                    pin_factory=self.factory)
         try:
             if self.pull != "none":
                 dev.pin.pull = self.pull
@@ -278,8 +290,8 @@ class GpioOutput:
         from gpiozero import DigitalOutputDevice
 
         if self.device is None:
-            self.device = DigitalOutputDevice(self.pin_name, active_high=self.active_high, initial_value=self.initial,
-                                              pin_factory=self.bus.factory)
+            self.device = _make(self.name, DigitalOutputDevice, self.pin_name, active_high=self.active_high,
+                                initial_value=self.initial, pin_factory=self.bus.factory)
 
     def set(self, on: bool) -> None:
         from hal.errors import Unsupported

@@ -50,6 +50,7 @@ class EmulatedModbusServer:
         self._server: Any = None
         self._running_units: tuple[int, ...] | None = None
         self._port = 0
+        self.generation = 0  # bumped at every (re)start
         self.link: Any = None
         if bus_type == "modbus_rtu":
             from hal.emulated.serial import PtyLink
@@ -264,6 +265,7 @@ class EmulatedModbusServer:
                 asyncio.run_coroutine_threadsafe(self._stop_server(), self._loop).result(5)
             asyncio.run_coroutine_threadsafe(self._start_server(), self._loop).result(5)
             self._running_units = units
+            self.generation += 1
 
     @property
     def endpoint(self) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from struct import error as struct_error
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,7 +52,7 @@ class ModbusBus:
         self._lock = threading.Lock()
         self._rx = b""
         self.counters = {"requests": 0, "responses": 0, "timeouts": 0, "exceptions": 0, "crc_errors": 0,
-                         "connect_errors": 0}
+                         "connect_errors": 0, "protocol_errors": 0}
 
     # -- connection ---------------------------------------------------------------------------------------------
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
@@ -62,7 +63,7 @@ class ModbusBus:
     def _current_endpoint(self) -> Any:
         if self.emulator is not None:
             self.emulator.ensure_running()
-            return self.emulator.endpoint
+            return (self.emulator.endpoint, self.emulator.generation)  # a restarted server needs a new connection
         if self.type == "modbus_tcp":
             return (self.options.get("host") or "127.0.0.1", int(self.options.get("port", 502)))
         return self.options.get("port")
@@ -75,14 +76,15 @@ class ModbusBus:
         if self._client is not None and endpoint != self._endpoint:
             self._close_client()
         if self._client is None:
+            target = endpoint[0] if self.emulator is not None else endpoint
             if self.type == "modbus_tcp":
-                host, port = endpoint
+                host, port = target
                 self._client = ModbusTcpClient(host, port=port, timeout=self.timeout_s, retries=self.retries,
                                                reconnect_delay=0, trace_packet=self._trace_packet)
             else:
                 o = self.options
                 self._client = ModbusSerialClient(
-                    endpoint, framer=FramerType.RTU, baudrate=int(o.get("baudrate", 9600)),
+                    target, framer=FramerType.RTU, baudrate=int(o.get("baudrate", 9600)),
                     bytesize=int(o.get("bytesize", 8)), parity=str(o.get("parity", "N")),
                     stopbits=int(o.get("stopbits", 1)), timeout=self.timeout_s, retries=self.retries,
                     reconnect_delay=0, trace_packet=self._trace_packet)
@@ -90,7 +92,8 @@ class ModbusBus:
         if not self._client.connected:
             if not self._client.connect():
                 self.counters["connect_errors"] += 1
-                where = f"{endpoint[0]}:{endpoint[1]}" if self.type == "modbus_tcp" else endpoint
+                target = endpoint[0] if self.emulator is not None else endpoint
+                where = f"{target[0]}:{target[1]}" if self.type == "modbus_tcp" else target
                 raise BusError(f"Modbus bus {self.name}: cannot connect to {where}")
         return self._client
 
@@ -109,7 +112,7 @@ class ModbusBus:
     # -- requests -----------------------------------------------------------------------------------------------
     def read(self, table: str, start: int, count: int, unit: int) -> list[int] | list[bool]:
         """Read `count` registers (or bits) of `table` from `start` on unit id `unit`."""
-        from pymodbus.exceptions import ConnectionException, ModbusIOException
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
         fc = _READ_FC[table]
         where = f"Modbus bus {self.name} unit {unit}: read {table} {start}+{count} (FC{fc:02d})"
@@ -138,6 +141,10 @@ class ModbusBus:
                 self.counters["connect_errors"] += 1
                 self._close_client()
                 raise BusError(f"{where}: {e}") from None
+            except (ModbusException, ValueError, struct_error) as e:  # a garbled or unexpected answer
+                self.counters["protocol_errors"] += 1
+                self._close_client()
+                raise BusError(f"{where}: protocol error: {e}") from None
             if response.isError():
                 code = int(getattr(response, "exception_code", 0) or 0)
                 self.counters["exceptions"] += 1

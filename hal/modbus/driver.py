@@ -107,6 +107,9 @@ class ModbusDevice:
         self.backoff_max_s = float(options.get("backoff_max_s", 60.0))
         self.bus_name = bus
         self.bus = modbus_bus(context, bus, name)
+        if self.bus.type == "modbus_rtu" and not 1 <= self.unit <= 247:
+            raise ConfigurationError(f"{name}.unit: expected a unit id from 1 to 247 on an RTU line "
+                                     f"(0 is broadcast), got {self.unit}")
         if self.bus.emulator is not None:
             self.bus.emulator.add_device(self.unit, self.map)
         self.counters = {"polls": 0, "requests": 0, "good": 0, "bad": 0, "timeouts": 0, "exceptions": 0,

@@ -183,3 +183,12 @@ def test_plant_drives_the_running_input(make_context):
     assert wait_for(True)
     plant.set_running(False)
     assert wait_for(False)
+
+
+def test_a_pin_used_twice_is_a_configuration_error(gpio):
+    from hal.errors import ConfigurationError
+    bus, clock, make = gpio
+    first = make("gpio.state", "running", {"pin": 13})  # keep a reference: gpiozero reserves pins weakly
+    with pytest.raises(ConfigurationError, match=r"estop.pin: .*13"):
+        make("gpio.state", "estop", {"pin": 13})
+    assert first.poll()[0].quality.value == "good"

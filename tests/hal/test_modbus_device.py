@@ -254,3 +254,33 @@ def test_a_reader_thread_survives_faults_and_resumes(make_context, plant):
     assert not t.is_alive() and not errors
     assert seen[-1].quality is Quality.GOOD
     assert dev.counters["timeouts"] >= 1 and dev.counters["exceptions"] >= 1
+
+
+def test_a_garbled_answer_is_a_bad_value_not_an_exception(make_context, plant):
+    """Bytes that frame correctly but do not parse (here: a wrong byte count) must not escape poll()."""
+    ctx, server, (dev,) = open_devices(make_context, plant, "modbus_tcp",
+                                       ("m", {"profile": "sdm630", "include": ["voltage_l1"]}))
+    good = server._trace_packet
+
+    def garble(sending, data):
+        data = good(sending, data)
+        if sending and len(data) > 9:
+            data = data[:8] + bytes([data[8] + 7]) + data[9:]  # byte count no longer matches
+        return data
+    server._trace_packet = garble
+    try:
+        server.ensure_running()
+        server._server.trace_packet = garble
+        (r,) = dev.poll()
+        assert r.quality is Quality.BAD
+    finally:
+        server._server.trace_packet = good
+    (r,) = dev.poll()
+    assert r.quality is Quality.GOOD or dev.backing_off
+
+
+def test_unit_zero_on_rtu_is_rejected(make_context, plant):
+    from hal.errors import ConfigurationError
+    ctx = make_context({"line": {"type": "modbus_rtu", "backend": "emulated"}}, plant=plant)
+    with pytest.raises(ConfigurationError, match="m.unit: expected a unit id from 1 to 247"):
+        open_source("modbus", "m", {"profile": "sdm630", "unit": 0}, ctx, bus="line")
