@@ -29,6 +29,12 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
 
+def _env_length(band_bins: int) -> int:
+    """Inverse-FFT length of the envelope: a power of two holding the band (exactness) and about twice its
+    width (so the envelope spectrum reaches the band width, the highest frequency an envelope of it carries)."""
+    return _next_pow2(max(16, band_bins, 2 * (band_bins - 1)))
+
+
 def bearing_geometry(value: str | Mapping[str, Any]) -> bearings.BearingGeometry | None:
     if not value:
         return None
@@ -97,14 +103,14 @@ class Analyzer:
                     width_hz = env["bandwidth_hz"] or self.rate_hz / 8
                     self.env_width_sk = max(1, min(self.sk_nperseg // 2 - 2, round(width_hz / df_sk)))
                     self.env_mode = 2
-                    self.env_m = _next_pow2(max(16, 2 * (math.ceil(self.env_width_sk * df_sk / df) + 2)))
+                    self.env_m = _env_length(math.ceil(self.env_width_sk * df_sk / df) + 1)
             else:
                 lo, hi = env["band"]
                 self.env_klo = max(1, math.ceil(lo / df))
                 self.env_khi = min(nh - 2, math.floor(hi / df))
                 if self.env_khi >= self.env_klo:
                     self.env_mode = 1
-                    self.env_m = _next_pow2(max(16, 2 * (self.env_khi - self.env_klo + 1)))
+                    self.env_m = _env_length(self.env_khi - self.env_klo + 1)
         self.row_length = layout.row_length(len(self.bands_hz), self.n_peaks)
         self._out: np.ndarray | None = None
 
