@@ -112,8 +112,24 @@ def _bands(text: str) -> list[list[float]]:
     return out
 
 
-def features_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    f: dict[str, Any] = dict(json.loads(args.features)) if args.features else {}
+def sensor_from_config(path: str, name: str) -> tuple[dict[str, Any], int, float | None]:
+    """The features table, window and rate of sensor `name` in a config file, to analyse a capture as the agent
+    would."""
+    from agent.config import load
+
+    config = load(path)
+    for s in config.sensors:
+        if s.name == name:
+            rate = s.options.get("rate_hz")
+            return dict(s.features), s.window, float(rate) if rate else None
+    raise InputError(f"{path}: no enabled sensor named {name!r} (sensors: "
+                     f"{', '.join(s.name for s in config.sensors) or 'none'})")
+
+
+def features_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    f: dict[str, Any] = dict(base or {})
+    if args.features:
+        f.update(json.loads(args.features))
     if args.bands:
         f["bands"] = args.bands
     if args.peaks is not None:
@@ -285,7 +301,24 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         configure_cache(args.cache_dir)
     except (OSError, RuntimeError) as e:
         print(f"edge-agent analyze: cache: {e}", file=sys.stderr)
-    features = features_from_args(args)
+    base: dict[str, Any] = {}
+    if args.config or args.sensor:
+        if not (args.config and args.sensor):
+            print("edge-agent analyze: --config and --sensor go together", file=sys.stderr)
+            return 2
+        from agent.errors import ConfigError
+        try:
+            base, window, rate = sensor_from_config(args.config, args.sensor)
+        except (ConfigError, InputError) as e:
+            print(f"edge-agent analyze: {e}", file=sys.stderr)
+            return 2
+        args.window = args.window or window
+        args.rate = args.rate or rate
+    try:
+        features = features_from_args(args, base)
+    except ValueError as e:
+        print(f"edge-agent analyze: --features: expected a JSON object: {e}", file=sys.stderr)
+        return 2
     _, errors = validate_features("stream", features)
     if errors:
         for k, m in errors:
@@ -341,7 +374,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        epilog="examples:\n"
                               "  edge-agent analyze capture.npy --rate 25600 --iso group2_rigid\n"
                               "  edge-agent analyze de.csv --rate 12000 --bearing 6205 --shaft-hz 29.95 --json\n"
-                              "  edge-agent analyze pump.wav --window 4096 --hop 2048 --plot pump.png")
+                              "  edge-agent analyze pump.wav --window 4096 --hop 2048 --plot pump.png\n"
+                              "  edge-agent analyze cap.npy --config /etc/edge-agent/agent.toml --sensor pump_de")
     p.add_argument("file", help="waveform: .npy (n or n×axes), .csv (a column per axis), .wav (PCM)")
     p.add_argument("--rate", type=float, metavar="HZ", help="sample rate (a .wav file carries its own)")
     p.add_argument("--window", type=int, metavar="N", help="samples per window (default: the whole file)")
@@ -359,6 +393,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--accel-unit", choices=("m/s2", "g"), help="unit of the samples (default m/s2)")
     p.add_argument("--sk", action="store_true", help="report the spectral kurtosis maximum")
     p.add_argument("--features", metavar="JSON", help="a features table as JSON (the keys of docs/signal.md)")
+    p.add_argument("--config", metavar="FILE", help="take features, window and rate from a sensor of this config")
+    p.add_argument("--sensor", metavar="NAME", help="the sensor of --config")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--per-window", action="store_true", help="with --json, include every window's features")
     p.add_argument("--plot", metavar="PNG", help="write waveform, spectrum and envelope spectrum (matplotlib)")

@@ -137,3 +137,18 @@ def test_warmup_compiles_once_and_a_new_process_loads_every_kernel_from_the_cach
     assert all(k["from_cache"] for k in warm["kernels"])
     assert {k["kernel"] for k in warm["kernels"]} == {"analyze_window", "rms_peak", "envelope_spectrum",
                                                       "spectral_kurtosis"}
+
+
+def test_analyze_with_the_settings_of_a_configured_sensor(tmp_path, capsys):
+    (tmp_path / "agent.toml").write_text(
+        '[agent]\nid = "t"\n[[sensors]]\nname = "pump"\ndriver = "emulated.vibration"\nrate_hz = 12000\n'
+        'window = 4096\n[sensors.features]\nbearing = "6205"\nshaft_hz = 29.95\n'
+        'envelope = { band = [2000, 4000] }\n')
+    x = bearing_fault(RATE, 8192, SHAFT, 3.5848 * SHAFT, seed=6)
+    np.save(tmp_path / "cap.npy", x)
+    out = analyze_json(capsys, tmp_path / "cap.npy", "--config", tmp_path / "agent.toml", "--sensor", "pump")
+    assert (out["rate_hz"], out["window"], out["windows"]) == (RATE, 4096, 2)
+    assert out["features"]["x"]["env_band_hz"] == pytest.approx([2000, 4000], abs=RATE / 4096)
+    assert main(["analyze", str(tmp_path / "cap.npy"), "--config", str(tmp_path / "agent.toml"),
+                 "--sensor", "nope"]) == 2
+    assert "no enabled sensor named 'nope'" in capsys.readouterr().err
