@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.signal import bearings, iso
+from agent.signal import bearings, iso, layout
 from hal.options import REQUIRED, Option, in_range, non_negative, parse_options, positive
 
 STREAM_STATE_SOURCES = ("rms", "velocity_rms")
@@ -177,8 +177,14 @@ def validate_features(kind: str, features: Mapping[str, Any] | None) -> tuple[di
         if values.get("sk_hop", 0) > sk_nperseg:
             errors.append(("sk_hop", f"expected at most sk_nperseg ({sk_nperseg}), got {values['sk_hop']}"))
         values["state"] = _state(kind, values.get("state", {}), errors)
+        if values["state"].get("source") == "velocity_rms" and values.get("velocity") is False:
+            errors.append(("state.source", "expected rms when velocity is false, got 'velocity_rms'"))
         if values.get("anomaly"):
             values["anomaly"] = _sub(_ANOMALY, values["anomaly"], "anomaly", errors)
+            unknown = [f for f in values["anomaly"].get("features", []) if f not in layout.SCALAR_NAMES]
+            if unknown:
+                errors.append(("anomaly.features", f"expected names of scalar features "
+                                                   f"({', '.join(layout.SCALAR_NAMES)}), got {unknown}"))
     elif kind == "slow":
         values, errs = parse_options(SLOW, features)
         errors.extend(errs)

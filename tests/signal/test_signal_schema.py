@@ -28,6 +28,13 @@ def test_every_problem_is_reported_with_its_key():
                     "envelope.slip", "state.running_above", "anomaly.z", "tachometer", "nonsense"}
 
 
+def test_state_and_anomaly_must_name_features_that_exist():
+    _, errors = validate_features("stream", {"velocity": False, "state": {
+        "source": "velocity_rms", "off_below": 0.1, "running_above": 1}, "anomaly": {"features": ["rms", "rsm"]}})
+    assert [k for k, _ in errors] == ["state.source", "anomaly.features"]
+    assert "'rsm'" in errors[1][1]
+
+
 def test_slow_schema():
     values, errors = validate_features("slow", {"deadband": 0.5, "heartbeat_s": 60, "counter": True,
                                                 "rollover": 65536, "state": {"off_below": 1, "running_above": 10}})
