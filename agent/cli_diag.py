@@ -209,8 +209,9 @@ def _last_text(entry: dict[str, Any] | None) -> tuple[str, str]:
         parts = []
         for axis, feats in last["features"].items():
             if isinstance(feats, dict) and "rms" in feats and isinstance(feats["rms"], (int, float)):
-                parts.append(f"{axis} rms {feats['rms']:.3g}")
-        return (", ".join(parts[:3]) or "features") + f" {last.get('unit', '')}".rstrip(), quality
+                parts.append(f"{axis} {feats['rms']:.3g}")
+        text = ("rms " + " ".join(parts[:3])) if parts else "features"
+        return text + f" {last.get('unit', '')}".rstrip(), quality
     return "…", quality
 
 
@@ -254,10 +255,11 @@ def render_status(doc: dict[str, Any]) -> Any:
         lines.append(Text(f"STALLED: {', '.join(doc['stalled'])} (no progress for more than "
                           f"{(doc.get('watchdog') or {}).get('stall_limit_s')} s)", style="bold red"))
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("sensor", "driver", "last value", "quality", "age", "rate /s", "expected /s", "errors", "drops"):
-        table.add_column(col, justify="right" if col in ("age", "rate /s", "expected /s", "errors", "drops")
-                         else "left")
+    table = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 1), collapse_padding=True)
+    table.add_column("sensor", no_wrap=True, overflow="ellipsis", max_width=22, min_width=8)
+    table.add_column("last value", no_wrap=True, overflow="ellipsis", max_width=30, min_width=10)
+    for col, width in (("quality", 7), ("age", 5), ("rate/exp", 9), ("err/drop", 8)):
+        table.add_column(col, justify="left" if col == "quality" else "right", no_wrap=True, min_width=width)
     for s in doc.get("sensors") or []:
         streams = s.get("streams") or {}
         rows = list(streams.items()) or [(s["name"], None)]
@@ -267,13 +269,12 @@ def render_status(doc: dict[str, Any]) -> Any:
             if i == 0 and name != s["name"]:
                 label = f"{s['name']} ({name})"
             rate = s.get("rate_hz") if i == 0 else (entry or {}).get("rate_hz")
-            table.add_row(label, s.get("driver", "") if i == 0 else "", value,
+            expected = s.get("expected_rate_hz") if i == 0 else None
+            rate_text = ("-" if rate is None else f"{rate:.3g}") + ("" if expected is None else f"/{expected:.3g}")
+            table.add_row(label, value,
                           Text(quality, style={"good": "green", "bad": "red", "uncertain": "yellow"}.get(quality, "")),
-                          _age((entry or {}).get("age_s")),
-                          "-" if rate is None else f"{rate:.3g}",
-                          "-" if s.get("expected_rate_hz") is None or i else f"{s['expected_rate_hz']:.3g}",
-                          "" if i or s.get("errors") is None else str(s["errors"]),
-                          "" if i or s.get("dropped") is None else str(s["dropped"]))
+                          _age((entry or {}).get("age_s")), rate_text,
+                          "" if i or s.get("errors") is None else f"{s['errors']}/{s.get('dropped') or 0}")
     lines.append(table)
     drops = doc.get("drops") or {}
     gaps = doc.get("gaps") or {}
