@@ -44,7 +44,7 @@ class CommandHandler:
     def __init__(self, agent: "Agent", queue_size: int = 32) -> None:
         self.agent = agent
         self.config = agent.config.commands
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[tuple[str, bytes, bool] | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -61,19 +61,25 @@ class CommandHandler:
                 self._thread.join(self.config.capture_max_s + 5)
             self._thread = None
 
-    def submit(self, name: str, payload: bytes) -> None:
-        """Called on the uplink's thread: never blocks, never raises."""
+    def submit(self, name: str, payload: bytes, silent: bool = False) -> None:
+        """Called on the uplink's thread: never blocks, never raises. `silent`: audit only, no response."""
         try:
-            self._queue.put_nowait((name, payload))
+            self._queue.put_nowait((name, payload, silent))
         except queue.Full:
-            self._respond(name, None, error=CommandError("busy", "too many commands waiting; try again"))
+            self._respond(name, None, error=CommandError("busy", "too many commands waiting; try again"),
+                          silent=silent)
+
+    def write(self, device: str, metric: str, value: Any) -> None:
+        """A Sparkplug DCMD metric write: the same `set` path, allow-list and limits; audited, no response topic."""
+        body = json.dumps({"id": f"DCMD:{device}/{metric}", "target": f"{device}.{metric}", "value": value}).encode()
+        self.submit("set", body, silent=True)
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            name, payload = item
+            name, payload, silent = item
             self.agent.stats.progress("commands")
             cid: Any = None
             try:
@@ -81,12 +87,13 @@ class CommandHandler:
                 cid = request["id"]
                 result = self._dispatch(name, request)
             except CommandError as e:
-                self._respond(name, cid, error=e)
+                self._respond(name, cid, error=e, silent=silent)
             except Exception as e:  # a bug in a handler: answered and logged, the agent keeps running
                 audit.exception("command %s id=%r failed", name, cid)
-                self._respond(name, cid, error=CommandError("internal", f"{type(e).__name__}: {e}"))
+                self._respond(name, cid, error=CommandError("internal", f"{type(e).__name__}: {e}"),
+                              silent=silent)
             else:
-                self._respond(name, cid, result=result)
+                self._respond(name, cid, result=result, silent=silent)
 
     def _parse(self, name: str, payload: bytes) -> dict[str, Any]:
         if len(payload) > self.config.max_bytes:
@@ -185,7 +192,7 @@ class CommandHandler:
     # -- responses --------------------------------------------------------------------------------------------
 
     def _respond(self, name: str, cid: Any, *, result: dict[str, Any] | None = None,
-                 error: CommandError | None = None) -> None:
+                 error: CommandError | None = None, silent: bool = False) -> None:
         body: dict[str, Any] = {"agent": self.agent.config.agent.id, "id": cid, "command": name[:64],
                                 "ok": error is None, "ts": iso_ts(now_ns())}
         if error is None:
@@ -196,4 +203,5 @@ class CommandHandler:
             body["error"] = {"code": error.code, "message": error.message}
             self.agent.stats.inc("commands_rejected")
             audit.warning("command %s id=%r rejected: %s: %s", name[:64], cid, error.code, error.message)
-        self.agent.uplink.respond(json.dumps(body, separators=(",", ":")).encode())
+        if not silent:
+            self.agent.uplink.respond(json.dumps(body, separators=(",", ":")).encode())

@@ -175,6 +175,7 @@ class Agent:
             from agent.commands import CommandHandler
             self.commands = CommandHandler(self)
             self.uplink.on_command = self.commands.submit
+            self.uplink.on_write = self.commands.write
             self.commands.start()
 
     def start(self) -> None:

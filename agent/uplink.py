@@ -66,6 +66,7 @@ class Uplink:
         self.cmd_topic = f"{self.prefix}/{self.agent_id}/cmd"
         self.response_topic = f"{self.prefix}/{self.agent_id}/cmd-response"
         self.on_command: Callable[[str, bytes], None] | None = None  # set by the agent when commands are enabled
+        self.on_write: Callable[[str, str, Any], None] | None = None  # Sparkplug DCMD writes, likewise
         self._responses: deque[bytes] = deque()
         self._acked_mids: list[int] = []
         self._session_up = False
@@ -361,6 +362,10 @@ class Uplink:
 
     def _publish_group(self, records: list[Record], historical: bool) -> bool:
         messages = self.format.encode(records, historical)
+        if not messages:  # the format represents these records otherwise (a Sparkplug DDEATH already sent)
+            self.outbox.ack([r.id for r in records])
+            self.stats.inc("uplink_published", len(records))
+            return True
         for topic, body, qos in messages[:-1]:  # e.g. a Sparkplug DBIRTH before the first DDATA of a device
             self._client.publish(topic, body, qos=qos)
         topic, body, qos = messages[-1]
