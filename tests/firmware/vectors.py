@@ -46,4 +46,5 @@ def cobs_vectors() -> list[tuple[bytes, bytes]]:
 
 def crc_vectors() -> list[tuple[bytes, int]]:
     text = PROTOCOL_MD.read_text()
-    return [(m.group(1).encode(), int(m.group(2), 16)) for m in re.finditer(r'^crc32: "(.*)" -> ([0-9a-f]{8})$', text, re.M)]
+    pattern = r'^crc32: "(.*)" -> ([0-9a-f]{8})$'
+    return [(m.group(1).encode(), int(m.group(2), 16)) for m in re.finditer(pattern, text, re.M)]
