@@ -516,7 +516,8 @@ class Service:
     # -- decisions --------------------------------------------------------------------------------------------
 
     def stalled(self) -> list[str]:
-        """Stages without progress for longer than the limit (reader stages get their interval and back-off)."""
+        """Stages without progress for longer than the limit. Stages that wait on purpose get that time on top:
+        readers their poll interval and retry back-off, the uplink its reconnect back-off and connect timeout."""
         stats = self.agent.stats
         base = stats.stalled(self.stall_limit_s)
         if not base:
@@ -530,6 +531,11 @@ class Service:
             if sensor is not None:
                 extra = (getattr(sensor, "interval_s", 0.0) if getattr(sensor, "kind", "slow") == "slow" else 0.0)
                 allowance[f"reader.{sensor.name}"] = self.stall_limit_s + extra + self.reader_grace_s
+        # the uplink sleeps through its reconnect back-off (up to reconnect_max_s) and blocks in connect (up to
+        # connect_timeout_s) while the broker is away: a broker outage is not a stuck agent
+        mqtt = self.agent.config.mqtt
+        allowance["uplink"] = self.stall_limit_s + float(getattr(mqtt, "reconnect_max_s", 30.0)) + \
+            float(getattr(mqtt, "connect_timeout_s", 10.0))
         out = []
         for stage in base:
             if stage in allowance:

@@ -72,7 +72,8 @@ class StallingVibration(EmulatedVibration):
         return super().read_block(timeout)
 
 
-def service_config(port: int, agent_id: str = "svc", stalling: bool = False, **extra: Any) -> Config:
+def service_config(port: int, agent_id: str = "svc", stalling: bool = False,
+                   mqtt_overrides: Mapping[str, Any] | None = None, **extra: Any) -> Config:
     sensors: list[dict[str, Any]] = [
         {"name": "vib", "driver": "emulated.vibration", "rate_hz": 1000, "block_size": 125, "axes": ["x", "y"],
          "window": 250, "hop": 250},
@@ -83,7 +84,8 @@ def service_config(port: int, agent_id: str = "svc", stalling: bool = False, **e
                         "window": 250})
     raw = {
         "agent": {"id": agent_id},
-        "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive_s": 5},
+        "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive_s": 5,
+                 **(mqtt_overrides or {})},
         "outbox": {"commit_interval_ms": 50},
         "sensors": sensors,
         **extra,

@@ -147,3 +147,21 @@ def test_a_slow_sensor_waiting_for_its_interval_is_not_stalled(broker, listener:
     finally:
         service.stopping()
         agent.stop(drain_s=0.5)
+
+
+def test_a_broker_outage_is_not_a_stall(listener: NotifyListener, tmp_path: Path) -> None:
+    """No broker: the uplink sleeps through its reconnect back-off (here 3 s) longer than the stall limit (here
+    1 s); that is waiting, not being stuck, so the pings go on and systemd does not restart the agent."""
+    from tests.mqtt_helpers import free_port
+    cfg = service_config(free_port(), mqtt_overrides={"reconnect_min_s": 3.0, "reconnect_max_s": 3.0})
+    agent = run_agent(cfg, tmp_path / "state")
+    service = Service(agent, environ=listener.env(WATCHDOG_USEC="2000000"), min_stall_s=0.5, reader_grace_s=0.0)
+    try:
+        service.ready()
+        assert service.stall_limit_s == 1.0
+        assert wait(lambda: "uplink" in agent.stats.stalled(1.0), 20)  # the uplink is in its back-off ...
+        assert "uplink" not in service.stalled()  # ... which the service allows for
+        assert tick_until(service, listener, lambda m: m.get("WATCHDOG") == "1")
+    finally:
+        service.stopping()
+        agent.stop(drain_s=0.1)
