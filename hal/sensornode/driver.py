@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import logging
 import select
+import termios
 import threading
 import time
 from collections import deque
@@ -31,6 +32,9 @@ from hal.sources import HalContext
 from hal.types import Block, Quality, now_ns
 
 log = logging.getLogger("hal.sensornode")
+
+# what a vanishing or misbehaving port raises (pyserial's SerialException is an OSError; tcflush raises termios.error)
+_PORT_ERRORS = (OSError, ValueError, TypeError, termios.error)
 
 
 def _hex_id(v: Any) -> str | None:
@@ -260,7 +264,7 @@ class SensorNode:
                 tried.append(path)
                 try:
                     ser = serial.Serial(path, self.baudrate, timeout=0, exclusive=True)
-                except (OSError, ValueError) as e:  # SerialException is an OSError; busy or vanished
+                except _PORT_ERRORS as e:  # busy (another process has it), vanished, not a tty
                     log.debug("%s: cannot open %s: %s", self.name, path, e)
                     continue
                 self._ser = ser
@@ -271,6 +275,10 @@ class SensorNode:
                     ser.write(b"\x00")  # end whatever partial frame the node has received
                     self._streaming = False  # a node still streaming from before: its frames are ignored
                     ident = self._command(P.T_IDENTIFY)  # nothing else is sent to a board that is not ours
+                except _PORT_ERRORS as e:
+                    log.debug("%s: %s failed while identifying: %s", self.name, path, e)
+                    self._drop_port()
+                    continue
                 except (LinkFault, NodeRefused) as e:
                     log.debug("%s: %s does not answer as a sensor node: %s", self.name, path, e)
                     self._drop_port()
@@ -317,7 +325,7 @@ class SensorNode:
             tag = self._next_tag()
             try:
                 self._ser.write(P.command(kind, tag, *args))
-            except (OSError, ValueError) as e:
+            except _PORT_ERRORS as e:
                 raise LinkFault(f"write failed: {e}") from None
             end = time.monotonic() + self.timeout_s / 2
             while time.monotonic() < end:
@@ -346,7 +354,7 @@ class SensorNode:
                     select.select([ser.fileno()], [], [], wait_s)
                     waiting = ser.in_waiting
                 data = ser.read(max(1, waiting))
-            except (OSError, ValueError, TypeError) as e:  # SerialException is an OSError
+            except _PORT_ERRORS as e:
                 raise LinkFault(f"read failed: {e}") from None
             if not data:
                 return
@@ -444,7 +452,7 @@ def probe(path: str, baudrate: int = 921600, timeout_s: float = 1.0) -> P.Identi
 
     try:
         ser = serial.Serial(path, baudrate, timeout=0.05, exclusive=True)
-    except (OSError, ValueError) as e:
+    except _PORT_ERRORS as e:
         return f"cannot open ({e})"
     dec = P.Decoder()
     try:
@@ -455,7 +463,7 @@ def probe(path: str, baudrate: int = 921600, timeout_s: float = 1.0) -> P.Identi
                 if isinstance(f, P.Identity) and f.tag == 0x5A:
                     return f
         return f"no sensor-node reply within {timeout_s:g} s ({dec.stats.bytes} bytes, {dec.stats.frames} frames)"
-    except (OSError, ValueError) as e:
+    except _PORT_ERRORS as e:
         return f"I/O error ({e})"
     finally:
         ser.close()

@@ -214,13 +214,28 @@ def test_clipped_samples_are_uncertain(tmp_path: Path, plant: Plant) -> None:
     assert drv._to_block(f, 10**18).quality is Quality.UNCERTAIN
 
 
-def test_read_block_never_raises_without_a_node(tmp_path: Path, plant: Plant) -> None:
-    drv = make_driver(tmp_path, plant, port=str(tmp_path / "nothing*"), timeout_s=0.2)
-    drv.open()
+@pytest.mark.parametrize("what", ["no port", "regular file", "/dev/null", "silent pty"])
+def test_read_block_never_raises_without_a_node(tmp_path: Path, plant: Plant, what: str) -> None:
+    import os
+
+    keep = []
+    if what == "regular file":
+        (tmp_path / "ttyX0").write_bytes(b"\x00" * 10)
+    elif what == "/dev/null":
+        (tmp_path / "ttyX0").symlink_to("/dev/null")
+    elif what == "silent pty":  # a serial device that never answers
+        master, slave = os.openpty()
+        keep = [master, slave]
+        (tmp_path / "ttyX0").symlink_to(os.ttyname(slave))
+    drv = make_driver(tmp_path, plant, port=str(tmp_path / "ttyX*"), timeout_s=0.2)
     try:
+        drv.open()
         assert all(drv.read_block(0.05) is None for _ in range(5))
+        assert drv.identity is None
     finally:
         drv.close()
+        for fd in keep:
+            os.close(fd)
     drv.close()  # idempotent
 
 
