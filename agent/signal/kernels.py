@@ -88,7 +88,10 @@ def rms_peak(x: np.ndarray) -> tuple[float, float]:
 
 @njit(**_OPTS)
 def _time_features(x, row):
-    """Time-domain features of contiguous `x` into `row`; returns the mean (two passes: mean, then moments)."""
+    """Time-domain features of contiguous `x` into `row`; returns the mean (two passes: mean, then moments).
+
+    Branch-free loops so that LLVM vectorises them; peak = max|x − mean| = max(max − mean, mean − min).
+    """
     n = x.shape[0]
     s = 0.0
     lo = np.inf
@@ -96,17 +99,14 @@ def _time_features(x, row):
     for i in range(n):
         v = x[i]
         s += v
-        if v < lo:
-            lo = v
-        if v > hi:
-            hi = v
+        lo = min(lo, v)
+        hi = max(hi, v)
     mean = s / n
     m2 = 0.0
     m3 = 0.0
     m4 = 0.0
     sabs = 0.0
     ssqrt = 0.0
-    peak = 0.0
     for i in range(n):
         d = x[i] - mean
         d2 = d * d
@@ -116,8 +116,7 @@ def _time_features(x, row):
         a = abs(d)
         sabs += a
         ssqrt += np.sqrt(a)
-        if a > peak:
-            peak = a
+    peak = max(hi - mean, mean - lo)
     m2 /= n
     m3 /= n
     m4 /= n
@@ -226,6 +225,8 @@ def analyze_window(x, rate, w, sum_w, sum_w2, band_bins, vlo, vhi, vel_w, npk, e
     amp = np.empty(nh)
     top_a = np.empty(npk)
     top_k = np.empty(npk, dtype=np.int64)
+    p_scale = 2.0 / (n * sum_w2)
+    a_scale = 2.0 / sum_w
     for a in range(naxes):
         row = out[a]
         row[:] = np.nan
@@ -241,10 +242,15 @@ def analyze_window(x, rate, w, sum_w, sum_w2, band_bins, vlo, vhi, vel_w, npk, e
         for k in range(nh):
             c = spec[k]
             m2 = c.real * c.real + c.imag * c.imag
-            ck = 1.0 if (k == 0 or 2 * k == n) else 2.0
-            p[k] = ck * m2 / (n * sum_w2)
+            p[k] = m2 * p_scale
             ptot += p[k]
-            amp[k] = 2.0 * np.sqrt(m2) / sum_w
+            amp[k] = np.sqrt(m2) * a_scale
+        # DC and (n even) Nyquist have no mirror image: half weight
+        ptot -= 0.5 * p[0]
+        p[0] *= 0.5
+        if n % 2 == 0:
+            ptot -= 0.5 * p[nh - 1]
+            p[nh - 1] *= 0.5
         # band energies: shares of the variance
         for b in range(nb):
             s = 0.0
