@@ -47,6 +47,7 @@ class Doctor:
         """`context`: the HalContext to open drivers in (default: a new one from the config's buses)."""
         self.args = args
         self.context = context
+        self.user = getattr(args, "service_user", None) or SERVICE_USER
         self.timeout = args.timeout
         self.results: list[Check] = []
         self.config: Config | None = None
@@ -159,19 +160,22 @@ class Doctor:
             gname = grp.getgrgid(st.st_gid).gr_name
         except KeyError:
             gname = str(st.st_gid)
-        user_ok = _user_may_access(SERVICE_USER, st)
+        user = self.user
+        user_ok = _user_may_access(user, st)
         if user_ok is None:
             me = os.access(path, os.R_OK | os.W_OK)
             self.add(OK if me else WARN, label,
-                     f"{path} present (group {gname}); user {SERVICE_USER} does not exist (not installed as a "
+                     f"{path} present (group {gname}); user {user} does not exist (not installed as a "
                      f"service); this user {'may' if me else 'may NOT'} open it",
                      f"sudo usermod -aG {gname} $USER, then log in again")
         elif user_ok:
-            self.add(OK, label, f"{path} present, {SERVICE_USER} may open it (group {gname})")
+            self.add(OK, label, f"{path} present, {user} may open it (group {gname})")
         else:
-            self.add(FAIL, label, f"{path} present but {SERVICE_USER} may not open it (owner group {gname}, "
+            self.add(FAIL, label, f"{path} present but {user} may not open it (owner group {gname}, "
                                   f"mode {stat.filemode(st.st_mode)})",
-                     f"sudo usermod -aG {gname} {SERVICE_USER} && sudo systemctl restart edge-agent")
+                     f"sudo usermod -aG {gname} {user} && sudo systemctl restart edge-agent"
+                     + ("" if gname in ("gpio", "i2c", "dialout") else
+                        f" (and add {gname} to SupplementaryGroups= in a drop-in: sudo systemctl edit edge-agent)"))
 
     def check_devices(self) -> None:
         c = self.config
@@ -549,5 +553,7 @@ def register_doctor(sub: argparse._SubParsersAction, common: Any, with_errors: A
     p.add_argument("--probe", action="store_true",
                    help="open the drivers even while the service runs (it may hold the port)")
     p.add_argument("--skip-broker", action="store_true", help="do not contact the broker")
+    p.add_argument("--service-user", metavar="USER", default=SERVICE_USER,
+                   help=f"check device permissions for this user (default {SERVICE_USER})")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=with_errors(lambda a: Doctor(a).run()))

@@ -141,3 +141,98 @@ def test_a_refused_login_is_reported_with_the_credentials_hint(tmp_path: Path) -
     assert code == 1 and c.status == "FAIL"
     assert "the broker refused the connection: Not authorized" in c.message
     assert "check mqtt.username and the password" in c.hint
+
+
+def _bus_config(tmp_path: Path, buses: str) -> Path:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nid = "p"\n{buses}')
+    return cfg
+
+
+@pytest.fixture
+def pty_path():
+    import os
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    yield Path(path)
+    os.close(master)
+    os.close(slave)
+
+
+def test_a_serial_port_the_service_user_may_not_open(tmp_path: Path, pty_path: Path) -> None:
+    """A real device node (a pty standing in for /dev/ttyUSB0), group dialout, mode 0660: `nobody` is not in
+    dialout, so the check fails and says which group to join; with the node in nobody's group it passes."""
+    import grp
+    import os
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change the pty's group")
+    os.chown(pty_path, -1, grp.getgrnam("dialout").gr_gid)
+    os.chmod(pty_path, 0o660)
+    cfg = _bus_config(tmp_path, f'[buses.rs485]\ntype = "modbus_rtu"\nport = "{pty_path}"\n')
+    code, doctor = _doctor(tmp_path, cfg, "--skip-broker", "--service-user", "nobody")
+    c = _line(doctor, "bus rs485")
+    assert code == 1 and c.status == "FAIL"
+    assert c.message == f"{pty_path} present but nobody may not open it (owner group dialout, mode crw-rw----)"
+    assert c.hint == "sudo usermod -aG dialout nobody && sudo systemctl restart edge-agent"
+    os.chown(pty_path, -1, grp.getgrnam("nogroup").gr_gid)
+    code, doctor = _doctor(tmp_path, cfg, "--skip-broker", "--service-user", "nobody")
+    assert _line(doctor, "bus rs485").message == f"{pty_path} present, nobody may open it (group nogroup)"
+
+
+def test_an_unplugged_adapter_and_a_modbus_tcp_device(tmp_path: Path) -> None:
+    import socket
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(1)
+    port = listening.getsockname()[1]
+    closed = free_port()
+    cfg = _bus_config(tmp_path, '[buses.usb]\ntype = "serial"\nport = "/dev/ttyUSB-not-there"\n'
+                                f'[buses.meter]\ntype = "modbus_tcp"\nhost = "127.0.0.1"\nport = {port}\n'
+                                f'[buses.vfd]\ntype = "modbus_tcp"\nhost = "127.0.0.1"\nport = {closed}\n')
+    try:
+        code, doctor = _doctor(tmp_path, cfg, "--skip-broker")
+    finally:
+        listening.close()
+    assert code == 1
+    usb = _line(doctor, "bus usb")
+    assert usb.status == "FAIL" and usb.message == "/dev/ttyUSB-not-there does not exist"
+    assert "ls -l /dev/serial/by-id/" in usb.hint
+    assert _line(doctor, "bus meter").message == f"Modbus TCP 127.0.0.1:{port} accepts connections"
+    vfd = _line(doctor, "bus vfd")
+    assert vfd.status == "FAIL" and vfd.message == f"Modbus TCP 127.0.0.1:{closed}: Connection refused"
+    assert f"nc -vz 127.0.0.1 {closed}" in vfd.hint
+
+
+def _certificates(d: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for localhost/127.0.0.1 (openssl, EC keys: fast)."""
+    import shutil
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=edge-agent test CA", "-days", "2")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (d / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.crt", "-days", "2", "-extfile", "san.cnf")
+    return d / "ca.crt", d / "server.crt", d / "server.key"
+
+
+def test_broker_tls_handshake_trusted_and_untrusted(tmp_path: Path) -> None:
+    from tests.mqtt_helpers import MosquittoBroker
+    ca, cert, key = _certificates(tmp_path)
+    b = MosquittoBroker(tmp_path, extra_conf=f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n").start()
+    try:
+        good = tmp_path / "good.toml"
+        good.write_text(f'[agent]\nid = "p"\n[mqtt]\nurl = "mqtts://localhost:{b.port}"\nca_file = "{ca}"\n')
+        code, doctor = _doctor(tmp_path, good)
+        assert _line(doctor, "broker").message == f"mqtts://localhost:{b.port}: TLS, MQTT connection accepted"
+        bad = tmp_path / "bad.toml"
+        bad.write_text(f'[agent]\nid = "p"\n[mqtt]\nurl = "mqtts://localhost:{b.port}"\n')
+        code, doctor = _doctor(tmp_path, bad)
+    finally:
+        b.stop()
+    c = _line(doctor, "broker")
+    assert code == 1 and c.status == "FAIL"
+    assert c.message.startswith(f"mqtts://localhost:{b.port}: TLS certificate not trusted: ")
+    assert c.hint.startswith("set mqtt.ca_file to the CA that signed the broker's certificate")
