@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from agent import __version__
 from agent.config import DEFAULT_CONFIG_PATH, Broker, Config, load, load_demo, resolve_state_dir
@@ -81,19 +82,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    from agent.service import Service, default_status_socket
+
     try:
         agent.start()
     except OutboxError as e:
         print(f"edge-agent: {e}", file=sys.stderr)
         return 1
+    service = Service(agent, status_socket=Path(args.status_socket) if args.status_socket
+                      else default_status_socket(state_dir))
     try:
+        service.ready()  # READY=1 (systemd), the status socket, the first health record
         while not stop.wait(1.0):
-            if hup.is_set():
+            if hup.is_set():  # SIGHUP: reload; a bad configuration is rejected and the running one kept
                 hup.clear()
-                agent.reload()
+                service.reloading()
+                ok, message = agent.reload()
+                service.reloaded(ok, message)
+            service.tick()  # WATCHDOG=1 only while every stage makes progress; STATUS=; health records
             if args.duration and _elapsed_s(agent.boot_ns) >= args.duration:
                 break
     finally:
+        service.stopping()  # STOPPING=1
         agent.stop(drain_s=args.drain_s)
     return 0
 
@@ -141,6 +151,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "else ${XDG_STATE_HOME:-~/.local/state}/edge-agent)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (0: run forever)")
+    run.add_argument("--status-socket", metavar="PATH",
+                     help="UNIX socket `edge-agent status` reads (default: $RUNTIME_DIRECTORY/status.sock, else "
+                          "<state dir>/status.sock)")
     run.add_argument("--drain-s", type=float, default=3.0, metavar="S",
                      help="at shutdown, keep publishing the outbox for up to S seconds (default 3)")
     run.set_defaults(func=cmd_run)

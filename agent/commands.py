@@ -76,11 +76,14 @@ class CommandHandler:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            self.agent.stats.progress("commands")  # idle is progress too: the watchdog looks for stuck stages
+            try:
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                continue
             if item is None:
                 return
             name, payload, silent = item
-            self.agent.stats.progress("commands")
             cid: Any = None
             try:
                 request = self._parse(name, payload)
