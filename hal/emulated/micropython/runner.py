@@ -47,10 +47,18 @@ _MICROPYTHON_STDLIB = {"array", "struct", "binascii", "math", "errno", "collecti
 _code_cache: dict[tuple[str, int], types.CodeType] = {}
 
 
+INSTALLED_FIRMWARE_DIR = Path(sys.prefix) / "share" / "edge-agent" / "firmware"  # pyproject's data-files
+
+
 def firmware_dir() -> Path:
-    """$EDGE_AGENT_FIRMWARE_DIR, else the repository's firmware/ directory."""
+    """$EDGE_AGENT_FIRMWARE_DIR, else the repository's firmware/ directory (a checkout or an editable install),
+    else the copy a regular install puts under <venv>/share/edge-agent/firmware."""
     env = os.environ.get("EDGE_AGENT_FIRMWARE_DIR")
-    return Path(env) if env else FIRMWARE_DIR
+    if env:
+        return Path(env)
+    if (FIRMWARE_DIR / "main.py").exists() or not (INSTALLED_FIRMWARE_DIR / "main.py").exists():
+        return FIRMWARE_DIR
+    return INSTALLED_FIRMWARE_DIR
 
 
 class FirmwareImage:
