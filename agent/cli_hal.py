@@ -72,6 +72,12 @@ def cmd_scan_i2c(args: argparse.Namespace) -> int:
         number = 1 if args.bus is None else args.bus
         bus = RealI2CBus(f"i2c-{number}", number)
         where = bus.path
+        try:
+            bus.open()
+        except (OSError, ImportError) as e:
+            print(f"edge-agent: cannot open {where}: {getattr(e, 'strerror', None) or e} (is I2C enabled? "
+                  f"raspi-config > Interface Options > I2C; are you in the i2c group?)", file=sys.stderr)
+            return 1
     try:
         try:
             found = [a for a in range(0x03, 0x78) if probe(bus, a)]
@@ -206,7 +212,7 @@ def cmd_read(args: argparse.Namespace) -> int:
         try:
             source = open_source(sensor.driver, sensor.name, sensor.options, ctx, bus=sensor.bus)
             source.open()
-        except HalError as e:
+        except (HalError, OSError, ImportError) as e:
             print(f"edge-agent: {sensor.name}: {e}", file=sys.stderr)
             return 1
         bus = f" on bus {sensor.bus}" + (" (emulated)" if cfg.emulate or cfg.buses.get(sensor.bus or "", {}).get(

@@ -39,8 +39,16 @@ class RealI2CBus:
             self._smbus = SMBus(self.number)
         return self._smbus
 
-    def __getattr__(self, method: str) -> Any:  # read_byte_data, write_i2c_block_data, ...
-        if method.startswith("_"):
+    SMBUS_METHODS = frozenset({"read_byte", "write_byte", "write_quick", "read_byte_data", "write_byte_data",
+                               "read_word_data", "write_word_data", "read_i2c_block_data", "write_i2c_block_data",
+                               "i2c_rdwr"})
+
+    def open(self) -> None:
+        """Open /dev/i2c-N now (raises OSError: ENOENT if the interface is not enabled, EACCES without rights)."""
+        self._bus()
+
+    def __getattr__(self, method: str) -> Any:  # the smbus2 methods, opening the adapter on first use
+        if method not in self.SMBUS_METHODS:
             raise AttributeError(method)
         return getattr(self._bus(), method)
 
@@ -77,10 +85,10 @@ class I2CDevice:
         path = getattr(self.bus, "path", "")
         return f"I2C bus {self.bus.name}{f' ({path})' if path else ''} address 0x{self.address:02x} ({self.chip})"
 
-    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+    def _call(self, what: str, method: str, *args: Any) -> Any:
         try:
             with self.lock:
-                return fn(self.address, *args)
+                return getattr(self.bus, method)(self.address, *args)  # a real bus opens /dev/i2c-N here
         except OSError as e:
             code = e.errno
             if code in _NO_ACK:
@@ -91,16 +99,16 @@ class I2CDevice:
             raise BusError(f"{self.where()}: {what} failed: {e}") from None
 
     def read_u8(self, reg: int) -> int:
-        return self._call(f"read 0x{reg:02x}", self.bus.read_byte_data, reg)
+        return self._call(f"read 0x{reg:02x}", "read_byte_data", reg)
 
     def write_u8(self, reg: int, value: int) -> None:
-        self._call(f"write 0x{reg:02x}", self.bus.write_byte_data, reg, value & 0xFF)
+        self._call(f"write 0x{reg:02x}", "write_byte_data", reg, value & 0xFF)
 
     def read_bytes(self, reg: int, n: int) -> bytes:
-        return bytes(self._call(f"read {n} bytes from 0x{reg:02x}", self.bus.read_i2c_block_data, reg, n))
+        return bytes(self._call(f"read {n} bytes from 0x{reg:02x}", "read_i2c_block_data", reg, n))
 
     def write_bytes(self, reg: int, data: Sequence[int]) -> None:
-        self._call(f"write {len(data)} bytes to 0x{reg:02x}", self.bus.write_i2c_block_data, reg, list(data))
+        self._call(f"write {len(data)} bytes to 0x{reg:02x}", "write_i2c_block_data", reg, list(data))
 
     def read_u16_be(self, reg: int) -> int:
         """A 16-bit register sent MSB first (TI chips), read as one two-byte transaction."""

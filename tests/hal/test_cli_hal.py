@@ -82,3 +82,8 @@ def test_the_example_names_the_real_hardware_it_needs(tmp_path):
     with pytest.raises(ConfigError, match=r"buses.plc.host: missing: expected the device's IP address"):
         load(p)
     load(p, emulate=True)  # the emulated backend needs no host
+
+
+def test_scan_i2c_of_a_missing_adapter_says_why(capsys):
+    assert main(["scan", "i2c", "--bus", "254"]) == 1
+    assert "cannot open /dev/i2c-254" in capsys.readouterr().err

@@ -304,3 +304,14 @@ def test_adxl345_bus_fault_mid_stream_is_counted_and_becomes_a_gap(rig):
 def test_adxl345_read_block_times_out_with_none(rig):
     s = rig.make("adxl345", "spindle", {"rate_hz": 25, "block_size": 1024})
     assert s.read_block(0.5) is None
+
+
+def test_real_backend_without_the_adapter_reads_bad_not_crash(make_context):
+    """The smbus2 backend on an adapter that does not exist: every read is a located, bad value."""
+    ctx = make_context({"i2c9": {"type": "i2c", "backend": "real", "bus": 254}}, emulate=False)
+    s = open_source("bme280", "cabinet", {}, ctx, bus="i2c9")
+    s.open()
+    readings = s.poll()
+    assert len(readings) == 3 and all(r.quality is Quality.BAD for r in readings)
+    assert "I2C bus i2c9 (/dev/i2c-254) address 0x76 (bme280)" in readings[0].error
+    assert s.counters["bus_errors"] == 2
