@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import struct
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
