@@ -225,13 +225,13 @@ class GpioFrequency(_GpioInput):
         self.window_s = float(self.options["window_s"])
         self.timeout_s = float(self.options["timeout_s"])
         self.min_period = 1.0 / float(self.options["max_hz"])
-        self.glitches = 0
+        self.counters["glitches"] = 0
 
     def edge(self, ticks: float, active: bool) -> None:
         if not active:
             return
         if self.edges and self.factory.ticks_diff(ticks, self.edges[-1]) < self.min_period:
-            self.glitches += 1
+            self.counters["glitches"] += 1
             return
         self.edges.append(ticks)
 

@@ -132,7 +132,7 @@ def test_frequency_ignores_glitches(gpio):
         pin.drive_at(True, t + k * 0.01 + 0.005)
     clock.t = t + 1.0
     assert f.poll()[0].value == pytest.approx(100.0, rel=1e-3)
-    assert f.glitches == 100
+    assert f.counters["glitches"] == 100
 
 
 def test_outputs_must_be_marked_writable(gpio):
