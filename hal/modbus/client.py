@@ -159,6 +159,10 @@ class ModbusBus:
         """Write one holding register (FC06); raises like `read`."""
         self._write("register", address, value, unit)
 
+    def write_registers(self, address: int, values: list[int], unit: int) -> None:
+        """Write consecutive holding registers (FC16), e.g. a u32 or f32 setpoint; raises like `read`."""
+        self._write("registers", address, list(values), unit)
+
     def write_coil(self, address: int, value: bool, unit: int) -> None:
         """Write one coil (FC05); raises like `read`."""
         self._write("coil", address, value, unit)
@@ -171,7 +175,8 @@ class ModbusBus:
             client = self._connect()
             self.counters["requests"] += 1
             try:
-                fn = client.write_register if what == "register" else client.write_coil
+                fn = {"register": client.write_register, "registers": client.write_registers,
+                      "coil": client.write_coil}[what]
                 response = fn(address, value, device_id=unit)
             except ModbusIOException:
                 self.counters["timeouts"] += 1

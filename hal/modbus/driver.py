@@ -220,14 +220,17 @@ class ModbusDevice:
 
     # -- writing ------------------------------------------------------------------------------------------------
     def write(self, register: str, value: Any) -> None:
-        """Write one holding register or coil by name (raises hal.errors on failure; callers decide)."""
+        """Write a holding register value (FC06, or FC16 for multi-register types) or a coil (FC05) by name, encoded
+        with the map's type, order and scale (raises hal.errors on failure; callers decide)."""
         reg = self.map.by_name(register)
         if reg.table == "coil":
             self.bus.write_coil(reg.address, bool(value), self.unit)
         elif reg.table == "holding" and reg.count == 1 and reg.type != "bit":
             self.bus.write_register(reg.address, int(reg.encode(value)[0]), self.unit)
+        elif reg.table == "holding" and reg.type != "bit":
+            self.bus.write_registers(reg.address, [int(w) for w in reg.encode(value)], self.unit)
         else:
-            raise ConfigurationError(f"{self.name}.{register}: only single holding registers and coils are writable")
+            raise ConfigurationError(f"{self.name}.{register}: only holding registers and coils are writable")
 
 
 __all__ = ["ModbusDevice"]
