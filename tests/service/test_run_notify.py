@@ -3,7 +3,6 @@ pings, the status socket, SIGHUP with a bad then a good config, SIGTERM with STO
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import subprocess
@@ -13,12 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import agent.cli_core
 from agent.service import read_status
 from tests.service.helpers import NotifyListener
-
-pytestmark = pytest.mark.skipif("Service(" not in inspect.getsource(agent.cli_core),
-                                reason="cmd_run does not drive agent.service.Service yet (wiring pending)")
 
 CONFIG = """
 [agent]
