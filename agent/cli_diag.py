@@ -270,6 +270,8 @@ def render_status(doc: dict[str, Any]) -> Any:
                 label = f"{s['name']} ({name})"
             rate = s.get("rate_hz") if i == 0 else (entry or {}).get("rate_hz")
             expected = s.get("expected_rate_hz") if i == 0 else None
+            if i == 0 and s.get("acquisition_hz") is not None:  # what the reader acquires, when it counts it
+                rate, expected = s["acquisition_hz"], s.get("expected_acquisition_hz")
             rate_text = ("-" if rate is None else f"{rate:.3g}") + ("" if expected is None else f"/{expected:.3g}")
             table.add_row(label, value,
                           Text(quality, style={"good": "green", "bad": "red", "uncertain": "yellow"}.get(quality, "")),

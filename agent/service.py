@@ -234,6 +234,15 @@ def expected_rate_hz(sensor: Any) -> float | None:
     return round(1.0 / interval, 3) if interval else None
 
 
+def expected_acquisition_hz(sensor: Any) -> float | None:
+    """Samples per second (stream sensors: the configured rate) or reads per second (slow: 1/interval)."""
+    if getattr(sensor, "kind", "slow") == "stream":
+        rate = (getattr(sensor, "options", None) or {}).get("rate_hz")
+        return float(rate) if rate else None
+    interval = getattr(sensor, "interval_s", 0)
+    return round(1.0 / interval, 3) if interval else None
+
+
 # -- the status socket ----------------------------------------------------------------------------------------------
 
 class StatusSocketError(OSError):
@@ -438,6 +447,8 @@ class Service:
         self._stalled: list[str] = []
         self._ready = False
         self.watchdog_pings = 0
+        self._acq_history: deque[tuple[float, dict[str, int]]] = deque()
+        self._acq_lock = threading.Lock()
 
     # -- life cycle -------------------------------------------------------------------------------------------
 
@@ -481,8 +492,31 @@ class Service:
             self._last_status, self._last_status_t = status, now
         if lines and self.notifier.send(*lines) and lines[0] == "WATCHDOG=1":
             self.watchdog_pings += 1
+        self._sample_acquisition(now)
         if now >= self._next_health:
             self._emit_health()
+
+    # -- acquisition rates: from the readers' counters, when the pipeline keeps them --------------------------
+
+    def _sample_acquisition(self, now: float) -> None:
+        """Keep a minute of the `samples.<sensor>` / `reads.<sensor>` counters (one snapshot per tick)."""
+        snap = {k: v for k, v in counters(self.agent.stats).items()
+                if isinstance(v, int) and k.startswith(("samples.", "reads."))}
+        with self._acq_lock:
+            self._acq_history.append((now, snap))
+            while len(self._acq_history) > 2 and now - self._acq_history[1][0] >= RATE_WINDOW_S:
+                self._acq_history.popleft()
+
+    def acquisition_rate(self, sensor: Any) -> float | None:
+        """Samples/s (stream) or reads/s (slow) over the last minute, None without the reader's counter."""
+        key = f"{'samples' if getattr(sensor, 'kind', 'slow') == 'stream' else 'reads'}.{sensor.name}"
+        with self._acq_lock:
+            if len(self._acq_history) < 2:
+                return None
+            (t0, c0), (t1, c1) = self._acq_history[0], self._acq_history[-1]
+        if key not in c1 or t1 <= t0:
+            return None
+        return round((c1[key] - c0.get(key, 0)) / (t1 - t0), 3)
 
     def reloading(self) -> None:
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}",
@@ -633,6 +667,7 @@ class Service:
             sensors.append({
                 "name": s.name, "driver": s.driver, "kind": s.kind, "bus": s.bus,
                 "expected_rate_hz": expected_rate_hz(s), "rate_hz": round(rate, 3),
+                "acquisition_hz": self.acquisition_rate(s), "expected_acquisition_hz": expected_acquisition_hz(s),
                 "streams": {n: streams[n] for n in names},
                 "errors": snap.get(f"reader_errors.{s.name}", 0) + snap.get(f"processing_errors.{s.name}", 0),
                 "dropped": snap.get(f"dropped.{s.name}", 0),

@@ -132,3 +132,19 @@ def test_status_without_service_or_outbox_says_where_it_looked(tmp_path: Path,
     code = main(["status", "--state-dir", str(tmp_path / "nothing"), "--socket", str(tmp_path / "no.sock")])
     assert code == 1
     assert f"no outbox at {tmp_path / 'nothing' / 'outbox.db'}" in capsys.readouterr().err
+
+
+def test_acquisition_rate_from_the_readers_counters(running) -> None:
+    """When the pipeline counts what each reader acquires (`samples.<sensor>`, `reads.<sensor>`), status reports
+    that rate; without the counter it says nothing rather than guessing."""
+    agent, service, path = running
+    for _ in range(3):
+        agent.stats.inc("reads.temp", 10)
+        service.tick()
+    doc = read_status(path)
+    temp = _temp(doc)
+    assert temp["acquisition_hz"] > 0 and temp["expected_acquisition_hz"] == 10.0
+    vib = next(s for s in doc["sensors"] if s["name"] == "vib")
+    assert vib["expected_acquisition_hz"] == 1000.0
+    if "samples.vib" not in agent.stats.snapshot():
+        assert vib["acquisition_hz"] is None
