@@ -74,11 +74,12 @@ class Reader(threading.Thread):
                     if block is not None:
                         self._deliver(block)
                 else:
-                    t0 = time.monotonic()
+                    clock = self.context.clock  # real time, or plant time when emulating faster
+                    t0 = clock.monotonic()
                     readings = self.source.poll()  # type: ignore[union-attr]
                     if readings:
                         self._deliver(readings)
-                    self.stop_event.wait(max(0.0, self.sensor.interval_s - (time.monotonic() - t0)))
+                    clock.wait(self.stop_event, self.sensor.interval_s - (clock.monotonic() - t0))
             except Exception as e:  # a driver bug or an unplugged device must not kill the agent
                 self.stats.inc(f"reader_errors.{self.sensor.name}")
                 log.error("sensor %s (%s): %s: %s; retrying in %.0f s", self.sensor.name, self.sensor.driver,
@@ -127,8 +128,11 @@ def capture_emit(sensor: str, blocks: list[Block], n: int) -> Emit:
 class Agent:
     """The running agent. `start()`, then `stop()`; `reload()` swaps the configuration while running."""
 
-    def __init__(self, config: Config, state_dir: Path, *, config_path: str | None = None) -> None:
+    def __init__(self, config: Config, state_dir: Path, *, config_path: str | None = None, clock: object = None,
+                 plant: object = None) -> None:
         self.config = config
+        self.clock = clock  # hal.clock for the sensors (None: real time); a scaled clock runs emulation faster
+        self.plant = plant  # the emulated plant to use (None: each HalContext makes its own)
         self.config_path = config_path
         self.state_dir = state_dir
         self.stats = Stats()
@@ -145,7 +149,7 @@ class Agent:
 
     def _build_acquisition(self, config: Config) -> None:
         """Drivers, readers and processors for `config` (constructed, not started). Raises on a driver error."""
-        self.context = HalContext(emulate=config.emulate, buses=config.buses)
+        self.context = HalContext(emulate=config.emulate, buses=config.buses, plant=self.plant, clock=self.clock)
         self.processors: dict[str, Processor] = {s.name: make_processor(s) for s in config.sensors}
         self._stop_readers = threading.Event()
         self._stop_processing = threading.Event()
@@ -248,7 +252,7 @@ class Agent:
                     log.exception("processing %s failed: %s", item.sensor, e)
             if time.monotonic() - last_tick >= 0.5:
                 last_tick = time.monotonic()
-                t = now_ns()
+                t = self.context.clock.time_ns()  # the sensors' time base (plant time when emulating faster)
                 for name, proc in processors.items():
                     try:
                         self._emit(proc.tick(t))

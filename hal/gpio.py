@@ -107,6 +107,7 @@ class _GpioInput:
         self.active_high = active == "high"
         self.bus = gpio_bus(context, bus, name)
         self.factory = self.bus.factory
+        self.time_ns = getattr(self.bus, "time_ns", now_ns)  # an emulated bus stamps readings on its clock
         self.device: Any = None
         self.lock = threading.Lock()
         self.counters = {"polls": 0, "edges": 0}
@@ -163,7 +164,7 @@ class GpioState(_GpioInput):
         self.counters["polls"] += 1
         if self.device is None:
             return self._not_open()
-        return [Reading(self.name, now_ns(), bool(self.device.is_active), "", Quality.GOOD)]
+        return [Reading(self.name, self.time_ns(), bool(self.device.is_active), "", Quality.GOOD)]
 
 
 class GpioCounter(_GpioInput):
@@ -203,7 +204,7 @@ class GpioCounter(_GpioInput):
         with self.lock:
             self._settle(self.factory.ticks())
             count = self.count
-        return [Reading(self.name, now_ns(), count, "count", Quality.GOOD)]
+        return [Reading(self.name, self.time_ns(), count, "count", Quality.GOOD)]
 
 
 class GpioFrequency(_GpioInput):
@@ -251,7 +252,7 @@ class GpioFrequency(_GpioInput):
         self.counters["polls"] += 1
         if self.device is None:
             return self._not_open()
-        ts = now_ns()
+        ts = self.time_ns()
         f = self.frequency(self.factory.ticks())
         return [Reading(f"{self.name}.frequency", ts, round(f, 4), "Hz", Quality.GOOD),
                 Reading(f"{self.name}.speed", ts, round(f / self.ppr * 60.0, 3), "rpm", Quality.GOOD)]
@@ -283,6 +284,7 @@ class GpioOutput:
         self.initial = bool(options["initial"])
         self.active_high = options["active"] == "high"
         self.bus = gpio_bus(context, bus, name)
+        self.time_ns = getattr(self.bus, "time_ns", now_ns)
         self.device: Any = None
         self.counters = {"polls": 0, "writes": 0}
 
@@ -308,7 +310,7 @@ class GpioOutput:
         self.counters["polls"] += 1
         if self.device is None:
             return [Reading.bad(self.name, "GPIO output not open")]
-        return [Reading(self.name, now_ns(), bool(self.device.value), "", Quality.GOOD)]
+        return [Reading(self.name, self.time_ns(), bool(self.device.value), "", Quality.GOOD)]
 
     def close(self) -> None:
         dev, self.device = self.device, None

@@ -55,15 +55,26 @@ class HalContext:
     emulate: bool = True
     buses: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     plant: Any = None
+    clock: Any = None  # hal.clock: the real clock, or a scaled one for faster-than-real-time emulation
     _opened: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.clock is None:
+            from hal.clock import REAL_CLOCK
+            self.clock = REAL_CLOCK
 
     def get_plant(self) -> Any:
         with self._lock:
             if self.plant is None:
                 from hal.emulated.plant import Plant
-                self.plant = Plant()
+                self.plant = Plant(clock=self.clock)
             return self.plant
+
+    def lookup(self, key: str) -> Any:
+        """The object shared under `key` if it was opened, else None (scenarios find emulated buses this way)."""
+        with self._lock:
+            return self._opened.get(key)
 
     def shared(self, key: str, factory: Any) -> Any:
         """Return the object cached under `key`, creating it with `factory()` once (buses, servers)."""

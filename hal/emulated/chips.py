@@ -73,6 +73,7 @@ class ADXL345Model(ChipModel):
         self._t_start = 0.0
         self._k_next = 0
         self.gravity_axis = 2
+        self._cache: tuple[int, list[tuple[int, int, int]]] | None = None  # (first index, encoded samples)
 
     @property
     def rate(self) -> float:
@@ -109,15 +110,7 @@ class ADXL345Model(ChipModel):
             n = keep
             if self.fifo_mode in (0b01, 0b10):
                 self.overrun = True
-        ks = self._k_next + np.arange(n)
-        t = self._t_start - self.bus.t0 + ks / rate
-        axes = []
-        for axis in range(3):
-            a = self.plant.vibration(t, axis) if self.plant is not None else np.zeros(n)
-            if axis == self.gravity_axis:
-                a = a + 9.80665
-            axes.append(self._encode(a))
-        samples = list(zip(*(a.tolist() for a in axes)))
+        samples = self._samples(self._k_next, n)
         self._k_next = k_end
         self.latest = samples[-1]
         mode = self.fifo_mode
@@ -132,6 +125,25 @@ class ADXL345Model(ChipModel):
                 self.fifo.pop(0)  # stream / trigger: the oldest is replaced
                 self.overrun = True
             self.fifo.append(s)
+
+    CHUNK_S = 0.05  # samples are computed from the plant this far ahead, in one vectorised call per chunk
+
+    def _samples(self, k0: int, n: int) -> list[tuple[int, int, int]]:
+        """Encoded samples k0 .. k0+n-1 of the current measurement (from the chunk cache)."""
+        c = self._cache
+        if c is None or k0 < c[0] or k0 + n > c[0] + len(c[1]):
+            rate = self.rate
+            m = max(n, int(rate * self.CHUNK_S), 1)
+            t = self._t_start - self.bus.t0 + (k0 + np.arange(m)) / rate
+            axes = []
+            for axis in range(3):
+                a = self.plant.vibration(t, axis) if self.plant is not None else np.zeros(m)
+                if axis == self.gravity_axis:
+                    a = a + 9.80665
+                axes.append(self._encode(a))
+            c = self._cache = (k0, list(zip(*(a.tolist() for a in axes))))
+        i = k0 - c[0]
+        return c[1][i:i + n]
 
     def _int_source(self) -> int:
         entries = len(self.fifo)
@@ -176,6 +188,8 @@ class ADXL345Model(ChipModel):
                 continue  # read-only
             was_measuring = self.measuring
             self.regs[r] = b
+            if r in (0x2C, 0x2D, 0x31):
+                self._cache = None  # rate, measurement start or format changed
             if r == 0x2D and self.measuring and not was_measuring:
                 self._t_start = self.now()
                 self._k_next = 0
@@ -202,6 +216,7 @@ class BME280Model(ChipModel):
         self._busy_until = 0.0
         self._reset()
         self.environment: tuple[float, float, float] | None = None  # (degC, %RH, hPa) override
+        self.temperature_signal = "cabinet_temperature"  # the plant signal the temperature follows
 
     def _reset(self) -> None:
         for r in (0xF2, 0xF3, 0xF4, 0xF5):
@@ -211,7 +226,7 @@ class BME280Model(ChipModel):
     def _environment(self) -> tuple[float, float, float]:
         if self.environment is not None:
             return self.environment
-        return (self.signal("cabinet_temperature", 25.0), self.signal("cabinet_humidity", 40.0),
+        return (self.signal(self.temperature_signal, 25.0), self.signal("cabinet_humidity", 40.0),
                 self.signal("barometric_pressure", 1013.25))
 
     def _measure(self) -> None:

@@ -63,12 +63,17 @@ class EmulatedGpioBus:
     def __init__(self, name: str = "gpio", plant: Any = None, clock: Callable[[], float] | None = None) -> None:
         self.name = name
         self.plant = plant
+        clock = clock or getattr(plant, "clock", None)  # the plant's clock (hal.clock) unless a test passes one
         self.factory = EmulatedPinFactory(clock)
+        self.time_ns: Callable[[], int] = getattr(clock, "time_ns", None) or time.time_ns  # reading timestamps
+        self._speed = float(getattr(clock, "speed", 1.0) or 1.0)  # clock seconds per real second
         self._stimuli: list[_Stimulus] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._t0 = self.factory.ticks()
+        if plant is not None and clock is getattr(plant, "clock", None):
+            self._t0 -= plant.now()  # pin time and plant time agree
 
     def pin(self, number: Any) -> EmulatedPin:
         return self.factory.pin(number)
@@ -129,7 +134,7 @@ class EmulatedGpioBus:
                         self._set(s, False, s.next_t)
                         s.next_t += max(1.0 / value - s.width_s, 0.5 / value)
                 wake = min(wake, s.next_t)
-            self._stop.wait(max(wake - self.factory.ticks(), 0.0005))
+            self._stop.wait(max(wake - self.factory.ticks(), 0.0005) / self._speed)
 
     def close(self) -> None:
         self._stop.set()

@@ -22,9 +22,13 @@ class EmulatedI2CBus:
         self.name = name
         self.path = ""
         self.plant = plant
+        clock = clock or getattr(plant, "clock", None)  # the plant's clock (hal.clock) unless a test passes one
         self.clock: Callable[[], float] = clock or time.monotonic
         self.sleep: Callable[[float], None] = getattr(clock, "sleep", None) or time.sleep
+        self.time_ns: Callable[[], int] = getattr(clock, "time_ns", None) or time.time_ns  # reading timestamps
         self.t0 = self.clock()
+        if plant is not None and clock is getattr(plant, "clock", None):
+            self.t0 -= plant.now()  # bus time and plant time agree: the chips see the plant's schedule
         self.lock = threading.RLock()
         self.chips: dict[int, Any] = {}
         self._nacks: dict[int, int] = {}

@@ -145,7 +145,7 @@ class EmulatedModbusServer:
                     for i, v in enumerate(values):
                         self._pinned[(unit, table, address + i)] = bool(v)
                 return None
-            t = self.plant.t(time.time_ns()) if self.plant is not None else time.monotonic() - self._t0
+            t = self.plant.now() if self.plant is not None else time.monotonic() - self._t0
             lo, hi = (address, address + (count * 16 if bits else count))
             if bits:
                 lo, hi = (address // 16) * 16, (address // 16) * 16 + count * 16

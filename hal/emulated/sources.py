@@ -1,13 +1,12 @@
 """Emulated sensors reading the plant directly: a vibration stream and a temperature probe.
 
-They are paced by the wall clock like the real thing: `read_block` returns a block only once its last sample
+They are paced by the context's clock (`hal.clock`: real time, or faster for tests) like the real thing: `read_block` returns a block only once its last sample
 "has happened". A reader that falls far behind (a suspended laptop) skips ahead and reports the skipped samples
 as a gap, as a real FIFO overrun would.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from hal.options import Option, in_range, positive
 from hal.sources import HalContext
-from hal.types import Block, Quality, Reading, now_ns
+from hal.types import Block, Quality, Reading
 
 
 class EmulatedVibration:
@@ -37,11 +36,12 @@ class EmulatedVibration:
         self.axes = tuple(options["axes"])
         self.max_lag_ns = int(options["max_lag_s"] * 1e9)
         self._plant = context.get_plant()
+        self._clock = context.clock
         self._next_index = 0
         self._start_ns = 0
 
     def open(self) -> None:
-        self._start_ns = now_ns()
+        self._start_ns = self._clock.time_ns()
         self._next_index = 0
 
     def _t_ns(self, index: int) -> int:
@@ -49,6 +49,7 @@ class EmulatedVibration:
 
     def read_block(self, timeout: float) -> Block | None:
         gap = 0
+        now_ns = self._clock.time_ns
         behind = now_ns() - self._t_ns(self._next_index + self.block_size)
         if behind > self.max_lag_ns:
             skip = int(behind * self.rate_hz / 1e9) // self.block_size * self.block_size
@@ -57,10 +58,10 @@ class EmulatedVibration:
         end_ns = self._t_ns(self._next_index + self.block_size)
         wait = (end_ns - now_ns()) / 1e9
         if wait > timeout:
-            time.sleep(max(timeout, 0.0))
+            self._clock.sleep(max(timeout, 0.0))
             return None
         if wait > 0:
-            time.sleep(wait)
+            self._clock.sleep(wait)
         i0 = self._next_index
         t = self._plant.t(self._start_ns) + (i0 + np.arange(self.block_size)) / self.rate_hz
         if len(self.axes) == 1:
@@ -90,13 +91,14 @@ class EmulatedTemperature:
         self.noise_c = float(options["noise_c"])
         self.fail = bool(options["fail"])
         self._plant = context.get_plant()
+        self._clock = context.clock
         self._rng = np.random.default_rng()
 
     def open(self) -> None:
         pass
 
     def poll(self) -> list[Reading]:
-        ts = now_ns()
+        ts = self._clock.time_ns()
         if self.fail:
             return [Reading.bad(self.channel, "emulated probe failure", "degC", ts)]
         value = self._plant.bearing_temperature(self._plant.t(ts)) + self._rng.normal(0.0, self.noise_c)

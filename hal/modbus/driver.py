@@ -120,6 +120,10 @@ class ModbusDevice:
         self._last_ok: dict[str, float] = {}
         self._plans: dict[frozenset[str], list[ReadRequest]] = {}
         self._clock = time.monotonic
+        self._time_ns = now_ns
+        if self.bus.emulator is not None and getattr(self.bus.emulator.plant, "clock", None) is not None:
+            self._clock = self.bus.emulator.plant.clock.monotonic  # emulated: back-off and stamps on plant time
+            self._time_ns = self.bus.emulator.plant.clock.time_ns
 
     # -- life cycle ---------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -153,7 +157,7 @@ class ModbusDevice:
     def poll(self) -> list[Reading]:
         self.counters["polls"] += 1
         now = self._clock()
-        ts = now_ns()
+        ts = self._time_ns()
         due = self._due(now)
         if not due:
             return []
