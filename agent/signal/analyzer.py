@@ -137,30 +137,32 @@ class Analyzer:
         return out
 
     def named(self, row: np.ndarray, digits: int | None = 6) -> dict[str, Any]:
-        """One axis's row as a dict of named features (only the configured ones); floats to `digits` digits."""
-        def r(v: float) -> float:
-            v = float(v)
-            return float(f"{v:.{digits}g}") if digits and math.isfinite(v) else v
-
-        d: dict[str, Any] = {name: r(row[i]) for i, name in enumerate(layout.TIME_NAMES)}
-        d["dominant_hz"] = r(row[layout.DOMINANT_HZ])
+        """One axis's row as a dict of named features (only the configured ones); floats to `digits` significant
+        digits (correctly rounded, so their JSON is short), NaN kept as NaN."""
+        v = row.tolist()
+        if digits:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                places = (digits - 1 - np.floor(np.log10(np.abs(row)))).tolist()
+            v = [round(x, int(d)) if d == d and abs(d) < 400 else x for x, d in zip(v, places)]
+        d: dict[str, Any] = dict(zip(layout.TIME_NAMES, v))
+        d["dominant_hz"] = v[layout.DOMINANT_HZ]
         if self.velocity:
-            d["velocity_rms"] = r(row[layout.VELOCITY_RMS])
+            d["velocity_rms"] = v[layout.VELOCITY_RMS]
             if self.zone_limits:
                 d["zone"] = iso.zone(float(row[layout.VELOCITY_RMS]), self.zone_limits)
         if self.sk_nperseg:
-            d["sk_max"] = r(row[layout.SK_MAX])
-            d["sk_max_hz"] = r(row[layout.SK_MAX_HZ])
+            d["sk_max"] = v[layout.SK_MAX]
+            d["sk_max_hz"] = v[layout.SK_MAX_HZ]
         if self.envelope:
-            for i, name in enumerate(layout.ENVELOPE_NAMES):
-                d[name] = r(row[layout.ENV_RMS + i])
-            d["env_band_hz"] = [r(row[layout.ENV_LO_HZ]), r(row[layout.ENV_HI_HZ])]
-        if len(self.bands_hz):
-            d["bands"] = [r(v) for v in row[layout.BANDS0:layout.BANDS0 + len(self.bands_hz)]]
+            d.update(zip(layout.ENVELOPE_NAMES, v[layout.ENV_RMS:layout.ENV_RMS + len(layout.ENVELOPE_NAMES)]))
+            d["env_band_hz"] = [v[layout.ENV_LO_HZ], v[layout.ENV_HI_HZ]]
+        nb = len(self.bands_hz)
+        if nb:
+            d["bands"] = v[layout.BANDS0:layout.BANDS0 + nb]
         if self.n_peaks:
-            p0 = layout.BANDS0 + len(self.bands_hz)
-            d["peaks"] = [[r(row[p0 + 2 * j]), r(row[p0 + 2 * j + 1])] for j in range(self.n_peaks)
-                          if math.isfinite(row[p0 + 2 * j])]
+            p0 = layout.BANDS0 + nb
+            d["peaks"] = [[v[p0 + 2 * j], v[p0 + 2 * j + 1]] for j in range(self.n_peaks)
+                          if math.isfinite(v[p0 + 2 * j])]
         return d
 
     def features(self, samples: np.ndarray, axes: Sequence[str] = ("x",), shaft_hz: float | None = None,
