@@ -148,3 +148,18 @@ def test_acquisition_rate_from_the_readers_counters(running) -> None:
     assert vib["expected_acquisition_hz"] == 1000.0
     if "samples.vib" not in agent.stats.snapshot():
         assert vib["acquisition_hz"] is None
+
+
+def test_a_full_outbox_shows_as_drops_and_gap_events(tmp_path: Path) -> None:
+    from tests.mqtt_helpers import free_port
+    cfg = service_config(free_port(), outbox={"commit_interval_ms": 50, "max_mb": 0.01})  # no broker, a tiny bound
+    agent = run_agent(cfg, tmp_path / "state")
+    service = Service(agent, status_socket=tmp_path / "status.sock", environ={})
+    service.ready()
+    try:
+        assert wait(lambda: read_status(tmp_path / "status.sock")["gaps"]["outbox_gap_events"] > 0, 60)
+        doc = read_status(tmp_path / "status.sock")
+    finally:
+        service.stopping()
+        agent.stop(drain_s=0.1)
+    assert doc["drops"]["outbox_dropped_oldest"] > 0
