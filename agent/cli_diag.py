@@ -371,11 +371,12 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
         console.print("empty: everything was published (or nothing was recorded yet)")
         return 0
     table = Table(box=None, header_style="bold")
-    for col in ("stream", "kind", "records", "seq range", "next seq", "oldest", "age", "payload"):
-        table.add_column(col)
+    table.add_column("stream", no_wrap=True, overflow="ellipsis", max_width=30)
+    for col in ("kind", "records", "seq range", "next seq", "oldest", "payload"):
+        table.add_column(col, no_wrap=True, justify="left" if col == "kind" else "right")
     for s in doc["streams"]:
         table.add_row(s["stream"], s["kind"], str(s["records"]), f"{s['first_seq']}…{s['last_seq']}",
-                      str(s["next_seq"]), s["oldest"], _age(s["oldest_age_s"]), _bytes(s["payload_bytes"]))
+                      str(s["next_seq"]), _age(s["oldest_age_s"]), _bytes(s["payload_bytes"]))
     console.print(table)
     return 0
 
@@ -655,6 +656,9 @@ def _with_errors(func: Any) -> Any:
         except DiagError as e:
             print(f"edge-agent {args.command}: {e}", file=sys.stderr)
             return e.code
+        except BrokenPipeError:  # `edge-agent doctor | head`: the reader left, nothing is wrong
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     return run
 
 
