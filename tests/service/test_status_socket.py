@@ -163,3 +163,42 @@ def test_a_full_outbox_shows_as_drops_and_gap_events(tmp_path: Path) -> None:
         service.stopping()
         agent.stop(drain_s=0.1)
     assert doc["drops"]["outbox_dropped_oldest"] > 0
+
+
+def test_status_watch_refreshes_until_ctrl_c(tmp_path: Path) -> None:
+    """`status --watch` asks the socket again every interval and leaves cleanly on Ctrl-C (SIGINT)."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    served = []
+    changed = threading.Event()
+
+    def document() -> dict:
+        served.append(1)
+        if len(served) >= 3:
+            changed.set()
+        return {"source": "service", "agent": "watched", "uptime_s": float(len(served)), "pid": 1, "version": "x",
+                "started": "2026-01-01T00:00:00.000Z", "link": {"state": "up", "broker": "mqtt://b:1883"},
+                "outbox": {"depth": len(served), "oldest_age_s": 0.0, "bytes": 4096},
+                "sensors": [{"name": "temp", "kind": "slow", "rate_hz": 1.0, "expected_rate_hz": 1.0, "errors": 0,
+                             "dropped": 0, "streams": {"temp": {"kind": "reading", "age_s": 0.5, "rate_hz": 1.0,
+                                                                "last": {"value": 41.5, "unit": "degC",
+                                                                         "quality": "good"}}}}]}
+
+    path = tmp_path / "status.sock"
+    server = StatusServer(path, document)
+    server.start()
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "status", "--watch", "--interval", "0.2", "--socket",
+                             str(path), "--state-dir", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert changed.wait(60), "status --watch did not ask again"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    assert proc.returncode == 0, err
+    assert "edge-agent watched" in out and "41.5 degC" in out
