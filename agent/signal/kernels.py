@@ -102,6 +102,7 @@ def _time_features(x, row):
         lo = min(lo, v)
         hi = max(hi, v)
     mean = s / n
+    s1 = 0.0
     m2 = 0.0
     m3 = 0.0
     m4 = 0.0
@@ -110,16 +111,24 @@ def _time_features(x, row):
     for i in range(n):
         d = x[i] - mean
         d2 = d * d
+        s1 += d
         m2 += d2
         m3 += d2 * d
         m4 += d2 * d2
         a = abs(d)
         sabs += a
         ssqrt += np.sqrt(a)
-    peak = max(hi - mean, mean - lo)
+    # corrected two-pass: shift the moments by the rounding error c of the first-pass mean, which matters when
+    # the offset is large against the fluctuation (a MEMS axis carrying 1 g)
+    c = s1 / n
     m2 /= n
     m3 /= n
     m4 /= n
+    m4 = m4 - 4.0 * c * m3 + 6.0 * c * c * m2 - 3.0 * c * c * c * c
+    m3 = m3 - 3.0 * c * m2 + 2.0 * c * c * c
+    m2 = m2 - c * c
+    mean += c
+    peak = max(hi - mean, mean - lo)
     mabs = sabs / n
     msqrt = ssqrt / n
     rms = np.sqrt(m2)
