@@ -136,7 +136,7 @@ class Plant:
         self._schedule: list[_Segment] = []
         self.bearing_bpfo_order = 3.5848  # SKF 6205: 9 balls, d/D = 0.3126/1.537, contact angle 0
         self.resonance_hz = 330.0  # the bearing housing's structural resonance the impacts excite
-        self.resonance_zeta = 0.05
+        self.resonance_zeta = 0.08
         self.fault_impact_ms2 = 40.0  # ringing amplitude of one impact at severity 1 and full speed
         self.fault_looseness_ms2 = 1.2  # 1× added by the worn clearance at severity 1
         self.fault_noise_ms2 = 0.6  # broadband noise added at severity 1
