@@ -172,6 +172,16 @@ def stage_ages(stats: Any) -> dict[str, float]:
         return {k: round(now - t, 3) for k, t in sorted(table.items())}
 
 
+def live_stage_ages(agent: Any) -> dict[str, float]:
+    """`stage_ages` without the readers of a configuration a reload replaced (their last progress stays behind)."""
+    ages = stage_ages(agent.stats)
+    readers = getattr(agent, "readers", None)
+    if readers is None:
+        return ages
+    current = {f"reader.{getattr(getattr(r, 'sensor', None), 'name', '')}" for r in readers}
+    return {k: v for k, v in ages.items() if not k.startswith("reader.") or k in current}
+
+
 def counters(stats: Any) -> dict[str, Any]:
     snap = stats.snapshot()
     return snap if isinstance(snap, dict) else {}
@@ -232,7 +242,7 @@ class HealthMonitor:
             "uptime_s": round((t - getattr(self.agent, "boot_ns", t)) / 1e9, 1),
             "cpu_pct": self.cpu.percent(),
             "rss_mb": None,
-            "stage_lag_s": stage_ages(stats),
+            "stage_lag_s": live_stage_ages(self.agent),
             "queues": queue_depths(self.agent),
             "outbox_depth": head.depth if head else int(getattr(self.agent.outbox, "depth", 0)),
             "outbox_oldest_age_s": (round((t - head.oldest_ts_ns) / 1e9, 1)

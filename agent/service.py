@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.health import HEALTH_STREAM, HealthMonitor, OutboxHead, counters, drops, stage_ages
+from agent.health import HEALTH_STREAM, HealthMonitor, OutboxHead, counters, drops, live_stage_ages
 from agent.records import Emit, iso_ts
 from hal.types import now_ns
 
@@ -699,7 +699,7 @@ class Service:
             "drops": drops(snap),
             "gaps": {**self.tap.gaps(), "outbox_gap_events": max(self.tap.gaps()["outbox_gap_events"],
                                                                   int(snap.get("outbox_gap_events", 0) or 0))},
-            "stages": stage_ages(agent.stats),
+            "stages": live_stage_ages(agent),
             "stalled": self._stalled if self._ready else [],
             "watchdog": {"enabled": bool(self.notifier.watchdog_usec),
                          "interval_s": self.notifier.watchdog_usec / 1e6 if self.notifier.watchdog_usec else None,

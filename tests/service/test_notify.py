@@ -165,3 +165,27 @@ def test_a_broker_outage_is_not_a_stall(listener: NotifyListener, tmp_path: Path
     finally:
         service.stopping()
         agent.stop(drain_s=0.1)
+
+
+def test_a_sensor_removed_by_a_reload_is_not_a_stall(broker, listener: NotifyListener, tmp_path: Path) -> None:
+    """After a reload drops `temp`, its reader's last progress stays in the stats: gone, not stuck."""
+    agent = run_agent(service_config(broker.port), tmp_path / "state")
+    service = Service(agent, environ=listener.env(WATCHDOG_USEC="2000000"), min_stall_s=0.5, reader_grace_s=0.0)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nid = "svc"\n[mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
+                   '[[sensors]]\nname = "vib"\ndriver = "emulated.vibration"\nrate_hz = 1000\nblock_size = 125\n'
+                   'window = 250\n')
+    try:
+        service.ready()
+        service.reloading()
+        ok, message = agent.reload(str(cfg))
+        service.reloaded(ok, message)
+        assert ok, message
+        assert wait(lambda: "reader.temp" in agent.stats.stalled(1.0), 20)
+        assert "reader.temp" not in service.stalled()
+        assert "reader.temp" not in service.status_document()["stages"]
+        assert "reader.temp" not in service.health_payload()["stage_lag_s"]
+        assert tick_until(service, listener, lambda m: m.get("WATCHDOG") == "1")
+    finally:
+        service.stopping()
+        agent.stop(drain_s=0.5)
