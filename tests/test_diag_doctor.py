@@ -236,3 +236,33 @@ def test_broker_tls_handshake_trusted_and_untrusted(tmp_path: Path) -> None:
     assert code == 1 and c.status == "FAIL"
     assert c.message.startswith(f"mqtts://localhost:{b.port}: TLS certificate not trusted: ")
     assert c.hint.startswith("set mqtt.ca_file to the CA that signed the broker's certificate")
+
+
+def test_doctor_asks_the_running_service_instead_of_opening_the_hardware(broker, tmp_path: Path) -> None:
+    from agent.service import Service
+    from tests.agent_helpers import run_agent, wait
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nid = "p"\n[mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
+                   '[[sensors]]\nname = "vib"\ndriver = "emulated.vibration"\nrate_hz = 1000\nblock_size = 100\n'
+                   'window = 200\n'
+                   '[[sensors]]\nname = "probe"\ndriver = "emulated.temperature"\ninterval_s = 0.1\nfail = true\n')
+    agent = run_agent(load(cfg, emulate=True), tmp_path / "state")
+    sock = tmp_path / "status.sock"
+    service = Service(agent, status_socket=sock, environ={})
+    service.ready()
+    try:
+        assert wait(lambda: agent.stats.get("link") == "up" and agent.outbox.next_seq("probe") > 0
+                    and agent.outbox.next_seq("vib") > 0)
+        args = build_parser().parse_args(["doctor", "--config", str(cfg), "--state-dir", str(tmp_path / "state"),
+                                          "--socket", str(sock)])
+        doctor = Doctor(args)
+        code = doctor.run()
+    finally:
+        service.stopping()
+        agent.stop(drain_s=0.5)
+    assert code == 1
+    assert _line(doctor, "service").message.startswith("running for ")
+    probe = _line(doctor, "device probe")
+    assert probe.status == "FAIL" and probe.message == "probe: quality bad: emulated probe failure"
+    assert _line(doctor, "device vib").message.startswith("answers in the running service")
+    assert _line(doctor, "broker").message == f"mqtt://127.0.0.1:{broker.port}: the running service is connected"
