@@ -63,8 +63,8 @@ def velocity_rms_mm_s(x: np.ndarray, rate: float, lo: float = 10.0, hi: float = 
 
 def peaks(x: np.ndarray, rate: float, count: int) -> list[tuple[float, float]]:
     f, _, _, a = spectrum(x, rate)
-    idx, _ = scipy.signal.find_peaks(a[:-1])  # local maxima, Nyquist bin excluded
-    # find_peaks wants a[k] > a[k-1] and a[k] > a[k+1] (plateaus by their middle): the kernel uses >= on the right
+    idx, _ = scipy.signal.find_peaks(a)  # local maxima; never DC or the last bin
+    # (find_peaks takes a plateau by its middle, the kernel by its left edge: noise has no plateaus)
     order = sorted(idx, key=lambda k: -a[k])[:count]
     return [(f[k], a[k]) for k in order]
 
