@@ -152,3 +152,26 @@ def test_analyze_with_the_settings_of_a_configured_sensor(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "cap.npy"), "--config", str(tmp_path / "agent.toml"),
                  "--sensor", "nope"]) == 2
     assert "no enabled sensor named 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("width", [1, 3, 4])
+def test_read_pcm_wav_of_every_width_and_two_channels(tmp_path, width):
+    from agent.cli_signal import read_waveform
+
+    x = np.stack([tone(8000.0, 800, 100.0, 0.5), tone(8000.0, 800, 200.0, -0.25)], axis=1)
+    full = float(1 << (8 * width - 1))
+    ints = np.round(x * (full - 1)).astype(np.int64)
+    if width == 1:
+        raw = (ints + 128).astype(np.uint8).tobytes()
+    elif width == 3:
+        raw = (ints.reshape(-1, 1) & 0xFFFFFF).astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    else:
+        raw = ints.astype("<i4").tobytes()
+    with wave.open(str(tmp_path / "cap.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(width)
+        w.setframerate(8000)
+        w.writeframes(raw)
+    got, rate, axes = read_waveform(tmp_path / "cap.wav")
+    assert rate == 8000.0 and axes == ["x", "y"] and got.shape == (800, 2)
+    np.testing.assert_allclose(got, x, atol=1.5 / full)
