@@ -97,7 +97,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             if hup.is_set():  # SIGHUP: reload; a bad configuration is rejected and the running one kept
                 hup.clear()
                 service.reloading()
-                ok, message = agent.reload()
+                try:
+                    ok, message = agent.reload()
+                except Exception as e:  # a bug in reloading must not end the main loop
+                    log.exception("reload failed")
+                    ok, message = False, f"{type(e).__name__}: {e}"
                 service.reloaded(ok, message)
             service.tick()  # WATCHDOG=1 only while every stage makes progress; STATUS=; health records
             if args.duration and _elapsed_s(agent.boot_ns) >= args.duration:

@@ -158,6 +158,7 @@ class Outbox:
         self._max_bytes = int(config.max_mb * 1024 * 1024)
         self._last_size_check = 0.0
         self._listeners: list[threading.Event] = []
+        self._observers: list[Any] = []  # called with every accepted Emit (status, tail), on the producer's thread
 
     # -- life cycle -------------------------------------------------------------------------------------------
 
@@ -213,7 +214,19 @@ class Outbox:
             return False
         with self._cond:
             self._accepted += 1
+        for observe in self._observers:
+            try:
+                observe(emit)
+            except Exception:  # an observer's bug must not lose the record
+                log.exception("outbox observer failed")
         return True
+
+    def add_observer(self, fn: Any) -> None:
+        """Call `fn(emit)` for every record accepted from now on (cheap: it runs on the producer's thread)."""
+        self._observers.append(fn)
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
 
     def ack(self, record_ids: list[int]) -> None:
         """The uplink received PUBACKs for these records: delete them in the next commit."""

@@ -72,11 +72,13 @@ class Reader(threading.Thread):
                 if self.source.kind == "stream":
                     block = self.source.read_block(timeout=0.5)  # type: ignore[union-attr]
                     if block is not None:
+                        self.stats.inc(f"samples.{self.sensor.name}", len(block))
                         self._deliver(block)
                 else:
                     clock = self.context.clock  # real time, or plant time when emulating faster
                     t0 = clock.monotonic()
                     readings = self.source.poll()  # type: ignore[union-attr]
+                    self.stats.inc(f"reads.{self.sensor.name}")
                     if readings:
                         self._deliver(readings)
                     clock.wait(self.stop_event, self.sensor.interval_s - (clock.monotonic() - t0))
@@ -90,7 +92,10 @@ class Reader(threading.Thread):
                     except Exception:
                         pass
                     opened = False
-                self.stop_event.wait(backoff)
+                deadline = time.monotonic() + backoff
+                while not self.stop_event.is_set() and time.monotonic() < deadline:  # waiting is not being stuck
+                    self.stop_event.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+                    self.stats.progress(stage)
                 backoff = min(backoff * 2, 60.0)
         if opened:
             try:
@@ -190,6 +195,10 @@ class Agent:
         self.started.set()
         log.info("edge-agent running: agent %s, %d sensors, outbox %s, broker %s", self.config.agent.id,
                  len(self.readers), self.outbox.path, self.config.mqtt.broker.url)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Items waiting between the stages (for health and status)."""
+        return {"processing": self._queue.qsize(), "outbox": self.outbox.queue_depth()}
 
     def _emit(self, emits: list[Emit]) -> None:
         for e in emits:

@@ -34,6 +34,12 @@ class Stats:
         with self._lock:
             self._progress[stage] = time.monotonic()
 
+    def progress_ages(self) -> dict[str, float]:
+        """Seconds since each stage last went round its loop."""
+        now = time.monotonic()
+        with self._lock:
+            return {s: now - t for s, t in self._progress.items()}
+
     def stalled(self, max_age_s: float) -> list[str]:
         now = time.monotonic()
         with self._lock:

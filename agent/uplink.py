@@ -69,6 +69,7 @@ class Uplink:
         self.on_write: Callable[[str, str, Any], None] | None = None  # Sparkplug DCMD writes, likewise
         self._responses: deque[bytes] = deque()
         self._acked_mids: list[int] = []
+        self._sent_at: dict[int, float] = {}  # mid -> monotonic publish time, for the PUBACK latency
         self._session_up = False
         self._sock_open = False
         self._cursor = 0  # highest record id handed to paho on the live path
@@ -221,6 +222,7 @@ class Uplink:
         wait = delay * random.uniform(0.5, 1.0)  # "equal jitter": avoids a fleet reconnecting in lockstep
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and not self._draining_done():
+            self.stats.progress("uplink")  # waiting on purpose is not being stuck
             time.sleep(min(0.05, deadline - time.monotonic()) if deadline > time.monotonic() else 0)
         return min(delay * 2, self.mqtt.reconnect_max_s)
 
@@ -268,6 +270,7 @@ class Uplink:
         ids = [rid for group in self._inflight.values() for rid in group]
         self._inflight.clear()
         self._acked_mids.clear()
+        self._sent_at.clear()
         low = min(ids) - 1 if ids else self._cursor
         if self._backlog_end and self._backlog_cursor < self._backlog_end:
             low = min(low, self._backlog_cursor)
@@ -353,6 +356,10 @@ class Uplink:
         if not self._acked_mids:
             return
         mids, self._acked_mids = self._acked_mids, []
+        now = time.monotonic()
+        latencies = [now - t for t in (self._sent_at.pop(m, None) for m in mids) if t is not None]
+        if latencies:
+            self.stats.set("uplink_publish_latency_ms", round(1000 * max(latencies), 1))
         ids = [rid for rid in (self._inflight.pop(m, None) for m in mids) if rid is not None]
         ids = [rid for group in ids for rid in group]
         if ids:
@@ -378,6 +385,7 @@ class Uplink:
             return False
         # NO_CONN / CONN_LOST: paho keeps the QoS 1 message and sends it on reconnect: in flight all the same
         self._inflight[info.mid] = [r.id for r in records]
+        self._sent_at[info.mid] = time.monotonic()
         self.stats.inc("uplink_published", len(records))
         self.stats.inc("uplink_messages")
         if historical:

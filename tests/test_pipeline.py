@@ -109,7 +109,7 @@ def test_broker_down_at_start_buffers_then_drains_in_order_none_twice(subscriber
                             and len(by_stream(s.records())) == 2, 30)
         time.sleep(0.5)
     finally:
-        agent.stop()
+        agent.stop(drain_s=15)  # generous: on a loaded machine the last records need a moment
         stopped_depth = agent.outbox.depth
     sub.wait_for(lambda s: s.snapshot()[-1].topic.endswith("/status"), 5)
     records = sub.records()
@@ -126,10 +126,12 @@ def test_seq_continues_across_restarts(broker, subscriber_factory, tmp_path: Pat
     state = tmp_path / "state"
     for _ in range(3):
         agent = run_agent(small_config(broker.port), state)
-        n0 = len(sub.records())
-        assert sub.wait_for(lambda s: len(s.records()) >= n0 + 5)
-        agent.stop()
+        before = {k: len(v) for k, v in by_stream(sub.records()).items()}
+        # each run publishes something on both streams
+        assert sub.wait_for(lambda s: all(len(v) > before.get(k, 0) for k, v in by_stream(s.records()).items())
+                            and len(by_stream(s.records())) == 2, 60)
+        agent.stop(drain_s=15)
     seqs = by_stream(sub.records())
     for stream, s in seqs.items():
         assert s == list(range(len(s))), f"{stream} restarted its sequence: {s}"
-        assert len(s) > 3
+        assert len(s) >= 3

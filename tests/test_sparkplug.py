@@ -254,7 +254,7 @@ def test_primary_host_state_gates_birth_and_the_backlog_is_flushed_as_historical
         assert wait(lambda: len(host.of("NBIRTH")) == 2)
         assert wait(lambda: agent.stats.get("uplink_published_historical") > 0 and agent.uplink._backlog_end == 0)
     finally:
-        agent.stop()
+        agent.stop(drain_s=15)
     assert agent.outbox.depth == 0, "everything stored was published before the clean stop"
     time.sleep(0.3)
     msgs = host.snapshot()

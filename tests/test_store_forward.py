@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.agent_helpers import run_agent, small_config, wait
 from tests.mqtt_helpers import MosquittoBroker, Subscriber, by_stream, free_port
 
@@ -51,7 +53,7 @@ def test_broker_restarted_several_times_mid_stream_loses_nothing(tmp_path: Path,
             assert wait(lambda: agent.stats.get("link") == "up", 20)
         assert wait(lambda: agent.outbox.depth == 0, 20)
     finally:
-        agent.stop()
+        agent.stop(drain_s=15)
     time.sleep(0.3)
     dups = check_complete(sub.records(), outbox_heads(tmp_path / "state"))
     assert dups <= 3 * agent.config.mqtt.inflight
@@ -86,6 +88,7 @@ interval_s = 0.02
     return path
 
 
+@pytest.mark.timeout(400)
 def test_sigkill_at_random_moments_loses_no_committed_record(broker, tmp_path: Path, subscriber_factory) -> None:
     """20 × (start, run a random while, kill -9); then one clean run that drains: every committed seq arrives."""
     rng = random.Random(1234)
@@ -136,7 +139,7 @@ def test_batching_packs_records_of_a_stream_into_one_message(tmp_path: Path, sub
         assert sub.wait_for(lambda s: s.client.is_connected(), 10)
         assert wait(lambda: agent.outbox.depth == 0 and agent.stats.get("link") == "up", 20)
     finally:
-        agent.stop()
+        agent.stop(drain_s=15)
     msgs = [m for m in sub.snapshot() if not m.topic.endswith("/status")]
     batches = [m.json() for m in msgs if m.payload.startswith(b"[")]
     assert batches, "a backlog must be sent in batches"
