@@ -97,13 +97,16 @@ def test_cli_run_emulate_publishes_and_exits_cleanly_on_sigterm(broker, subscrib
 
 def test_broker_down_at_start_buffers_then_drains_in_order_none_twice(subscriber_factory, tmp_path: Path) -> None:
     port = free_port()
-    b = MosquittoBroker(tmp_path, port)
+    # the consumer's session outlives the broker's downtime (persistent broker and session), so whatever the
+    # agent publishes the moment the broker is back reaches it, however late the consumer reconnects
+    b = MosquittoBroker(tmp_path, port, persistent=True).start()
+    sub = subscriber_factory(port, persistent=True)
+    b.stop()
     agent = run_agent(small_config(port), tmp_path / "state")
     try:
         assert wait(lambda: agent.outbox.depth >= 30, 30), "the agent must keep acquiring with no broker"
         assert agent.stats.get("uplink_connect_failures") >= 1
         b.start()
-        sub = subscriber_factory(port)
         # everything buffered plus what is produced meanwhile arrives: seq 0..N per stream with no holes
         assert sub.wait_for(lambda s: all(len(v) >= 20 for v in by_stream(s.records()).values())
                             and len(by_stream(s.records())) == 2, 30)
