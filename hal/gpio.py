@@ -306,6 +306,16 @@ class GpioOutput:
         else:
             self.device.off()
 
+    def write(self, channel: str | None, value: Any) -> bool:
+        """The `set` command's path: switch the output, return the state read back from the pin."""
+        if channel:
+            raise ValueError(f"{self.name} is a single output; write it as {self.name!r}, not {channel!r}")
+        if not isinstance(value, bool) and value not in (0, 1):
+            raise ValueError(f"{self.name}: expected true or false, got {value!r}")
+        self.set(bool(value))
+        assert self.device is not None
+        return bool(self.device.value)
+
     def poll(self) -> list[Reading]:
         self.counters["polls"] += 1
         if self.device is None:

@@ -183,3 +183,82 @@ def test_commands_disabled_by_default_are_not_even_subscribed(broker, tmp_path: 
     finally:
         console.close()
         agent.stop()
+
+
+WRITABLE = """
+[agent]
+id = "c1"
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+[commands]
+enabled = true
+[buses.header]
+type = "gpio"
+[buses.plc]
+type = "modbus_tcp"
+host = "192.0.2.1"
+[[sensors]]
+name = "stack_light"
+driver = "gpio.output"
+bus = "header"
+pin = 5
+writable = true
+interval_s = 0.2
+[[sensors]]
+name = "plc"
+driver = "modbus"
+bus = "plc"
+unit = 1
+interval_s = 0.2
+[[sensors.registers]]
+name = "speed_setpoint"
+address = 10
+scale = 0.1
+unit = "Hz"
+writable = true
+min = 0
+max = 60
+[[sensors.registers]]
+name = "cycle_count"
+address = 11
+"""
+
+
+@pytest.fixture
+def writable(broker, tmp_path: Path):
+    path = tmp_path / "agent.toml"
+    path.write_text(WRITABLE.format(port=broker.port))
+    agent = Agent(load(path, emulate=True), tmp_path / "state", config_path=str(path))
+    agent.start()
+    assert wait(lambda: agent.stats.get("link") == "up")
+    console = Console(broker.port)
+    time.sleep(0.3)
+    yield agent, console
+    console.close()
+    agent.stop()
+
+
+def test_set_a_gpio_output_is_read_back_and_published(writable) -> None:
+    agent, console = writable
+    r = console.send("set", {"id": "on", "target": "stack_light", "value": True})
+    assert r is not None and r["ok"], r
+    assert r["result"] == {"target": "stack_light", "value": True}
+    assert wait(lambda: any(rec["stream"] == "stack_light" and rec["value"] is True for rec in console.records))
+    r = console.send("set", {"id": "bad", "target": "stack_light", "value": 7})
+    assert r is not None and r["error"]["code"] == "out_of_range"
+
+
+def test_set_a_modbus_register_within_its_limits(writable) -> None:
+    agent, console = writable
+    r = console.send("set", {"id": "sp", "target": "plc.speed_setpoint", "value": 42.5})
+    assert r is not None and r["ok"], r
+    assert r["result"]["value"] == pytest.approx(42.5)  # read back from the device (the emulated server)
+    assert wait(lambda: any(rec["stream"] == "plc.speed_setpoint" and rec["value"] == pytest.approx(42.5)
+                            for rec in console.records))
+    for body, code in [({"id": 1, "target": "plc.speed_setpoint", "value": 61}, "out_of_range"),
+                       ({"id": 2, "target": "plc.speed_setpoint", "value": "fast"}, "out_of_range"),
+                       ({"id": 3, "target": "plc.cycle_count", "value": 1}, "not_writable"),
+                       ({"id": 4, "target": "plc.nothing", "value": 1}, "out_of_range"),
+                       ({"id": 5, "target": "plc", "value": 1}, "out_of_range")]:
+        r = console.send("set", body)
+        assert r is not None and not r["ok"] and r["error"]["code"] == code, (body, r)

@@ -48,6 +48,12 @@ BROKEN = [
     ("[agent]\nid='has/slash'\n", "agent.id: expected a name of letters"),
     ("[agent]\nid=7\n", "agent.id: expected a string, got 7"),
     ("[buses.i2c1]\ntype='can'\n", "buses.i2c1.type: expected one of 'gpio', 'i2c', 'serial'"),
+    ("[buses.plc]\ntype='modbus_tcp'\nbackend='emulated'\n[[sensors]]\nname='p'\ndriver='modbus'\nbus='plc'\n"
+     "[[sensors.registers]]\nname='a'\naddress=1\ntable='input'\nwritable=true\n",
+     "sensors[0].registers[0].writable: expected false: input registers cannot be written"),
+    ("[buses.plc]\ntype='modbus_tcp'\nbackend='emulated'\n[[sensors]]\nname='p'\ndriver='modbus'\nbus='plc'\n"
+     "[[sensors.registers]]\nname='a'\naddress=1\nwritable=true\nmin=5\nmax=1\n",
+     "sensors[0].registers[0].min: expected min <= max, got 5 > 1"),
     ("mqtt = 5\n", "mqtt: expected a table [mqtt], got int"),
     ("[sensor]\nname='typo'\n", "sensor: unknown section"),
     ("sensors = 'x'\n", "sensors: expected an array of tables [[sensors]]"),

@@ -223,10 +223,39 @@ class ModbusDevice:
         self._retry_at = now + delay
 
     # -- writing ------------------------------------------------------------------------------------------------
-    def write(self, register: str, value: Any) -> None:
-        """Write a holding register value (FC06, or FC16 for multi-register types) or a coil (FC05) by name, encoded
-        with the map's type, order and scale (raises hal.errors on failure; callers decide)."""
-        reg = self.map.by_name(register)
+    def write(self, register: str | None, value: Any) -> Any:
+        """Write a register marked `writable` (a holding register: FC06, or FC16 for multi-register types; a coil:
+        FC05) by name, within its `min`/`max`, encoded with the map's type, order and scale; then read it back and
+        return the engineering value the device now holds. Raises PermissionError (not writable), ValueError (out of
+        range or the wrong type), hal.errors (bus faults)."""
+        if not register:
+            writable = [r.name for r in self.map.registers if r.writable]
+            raise ValueError(f"{self.name}: name the register to write (writable: {', '.join(writable) or 'none'})")
+        try:
+            reg = self.map.by_name(register)
+        except (KeyError, ConfigurationError):
+            raise ValueError(f"{self.name} has no register {register!r}") from None
+        if not reg.writable:
+            raise PermissionError(f"{self.name}.{register} is not writable (mark it writable = true in the map)")
+        if reg.table == "coil" or reg.type == "bit":
+            if not isinstance(value, bool) and value not in (0, 1):
+                raise ValueError(f"{self.name}.{register}: expected true or false, got {value!r}")
+            value = bool(value)
+        elif reg.type == "string":
+            if not isinstance(value, str):
+                raise ValueError(f"{self.name}.{register}: expected a string, got {value!r}")
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{self.name}.{register}: expected a number, got {value!r}")
+            if not reg.min <= value <= reg.max:
+                raise ValueError(f"{self.name}.{register}: expected a value from {reg.min:g} to {reg.max:g}, "
+                                 f"got {value!r}")
+        self._write(reg, value)
+        self.counters["writes"] = self.counters.get("writes", 0) + 1
+        return reg.decode(self.bus.read(reg.table, reg.address, reg.count, self.unit)[: reg.count])
+
+    def _write(self, reg: Any, value: Any) -> None:
+        register = reg.name
         if reg.table == "coil":
             self.bus.write_coil(reg.address, bool(value), self.unit)
         elif reg.table == "holding" and reg.count == 1 and reg.type != "bit":

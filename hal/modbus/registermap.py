@@ -56,6 +56,9 @@ REGISTER_OPTIONS = [
     Option("interval_s", (int, float), 0.0, "poll less often than the sensor's interval (0: every poll)",
            in_range(0, 86400)),
     Option("description", str, "", "what the value is (from the device manual)"),
+    Option("writable", bool, False, "accept writes (the `set` command, Sparkplug DCMD): holding registers and coils"),
+    Option("min", (int, float), -math.inf, "lowest value a write may set (engineering units)"),
+    Option("max", (int, float), math.inf, "highest value a write may set (engineering units)"),
     Option("signal", str, "", "emulation only: the plant signal that drives this register"),
     Option("emulate_value", (int, float, str, bool), 0, "emulation only: a constant value when there is no signal"),
 ]
@@ -78,6 +81,9 @@ class Register:
     description: str = ""
     signal: str = ""
     emulate_value: Any = 0
+    writable: bool = False
+    min: float = -math.inf
+    max: float = math.inf
 
     @property
     def count(self) -> int:
@@ -198,6 +204,12 @@ def parse_registers(items: Any, *, byte_order: str = "big", word_order: str = "b
         if v["scale"] == 0:
             errors.append((f"[{i}].scale", "expected a non-zero scale"))
             continue
+        if v["writable"] and v["table"] not in ("holding", "coil"):
+            errors.append((f"[{i}].writable", f"expected false: {v["table"].replace("_", " ")} registers cannot be written"))
+            continue
+        if v["min"] > v["max"]:
+            errors.append((f"[{i}].min", f"expected min <= max, got {v['min']} > {v['max']}"))
+            continue
         if v["name"] in names:
             errors.append((f"[{i}].name", f"expected a unique name, {v['name']!r} is also registers[{names[v['name']]}]"))
             continue
@@ -207,7 +219,8 @@ def parse_registers(items: Any, *, byte_order: str = "big", word_order: str = "b
             type="bit" if v["table"] in BIT_TABLES else v["type"], length=v["length"], bit=v["bit"],
             byte_order=v["byte_order"] or byte_order, word_order=v["word_order"] or word_order,
             scale=float(v["scale"]), offset=float(v["offset"]), unit=v["unit"], interval_s=float(v["interval_s"]),
-            description=v["description"], signal=v["signal"], emulate_value=v["emulate_value"])
+            description=v["description"], signal=v["signal"], emulate_value=v["emulate_value"],
+            writable=bool(v["writable"]), min=float(v["min"]), max=float(v["max"]))
         if reg.end > 65536:
             errors.append((f"[{i}].address", f"expected the value to end at or below address 65535, "
                                              f"it ends at {reg.end - 1}"))
