@@ -205,7 +205,8 @@ def parse_registers(items: Any, *, byte_order: str = "big", word_order: str = "b
             errors.append((f"[{i}].scale", "expected a non-zero scale"))
             continue
         if v["writable"] and v["table"] not in ("holding", "coil"):
-            errors.append((f"[{i}].writable", f"expected false: {v["table"].replace("_", " ")} registers cannot be written"))
+            table_words = v["table"].replace("_", " ")
+            errors.append((f"[{i}].writable", f"expected false: {table_words} registers cannot be written"))
             continue
         if v["min"] > v["max"]:
             errors.append((f"[{i}].min", f"expected min <= max, got {v['min']} > {v['max']}"))
