@@ -248,8 +248,9 @@ class ModbusDevice:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{self.name}.{register}: expected a number, got {value!r}")
             if not reg.min <= value <= reg.max:
-                raise ValueError(f"{self.name}.{register}: expected a value from {reg.min:g} to {reg.max:g}, "
-                                 f"got {value!r}")
+                bounds = (f"from {reg.min:g} to {reg.max:g}" if math.isfinite(reg.min) and math.isfinite(reg.max)
+                          else f"at least {reg.min:g}" if math.isfinite(reg.min) else f"at most {reg.max:g}")
+                raise ValueError(f"{self.name}.{register}: expected a value {bounds}, got {value!r}")
         self._write(reg, value)
         self.counters["writes"] = self.counters.get("writes", 0) + 1
         return reg.decode(self.bus.read(reg.table, reg.address, reg.count, self.unit)[: reg.count])

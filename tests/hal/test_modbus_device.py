@@ -201,20 +201,22 @@ def test_unreachable_tcp_host_is_a_bus_error_not_a_crash(make_context, clock):
 
 
 def test_holding_register_and_coil_writes_stick(make_context, plant):
-    regs = [{"name": "setpoint", "address": 10, "type": "u16", "scale": 0.1, "unit": "Hz"},
-            {"name": "ramp", "address": 12, "type": "f32", "word_order": "little", "unit": "s"},
-            {"name": "enable", "table": "coil", "address": 3},
+    regs = [{"name": "setpoint", "address": 10, "type": "u16", "scale": 0.1, "unit": "Hz", "writable": True,
+             "max": 60},
+            {"name": "ramp", "address": 12, "type": "f32", "word_order": "little", "unit": "s", "writable": True},
+            {"name": "enable", "table": "coil", "address": 3, "writable": True},
             {"name": "status", "table": "input", "address": 0}]
     ctx, server, (dev,) = open_devices(make_context, plant, "modbus_tcp", ("vfd", {"registers": regs}))
-    dev.write("setpoint", 42.5)
-    dev.write("ramp", 2.75)
-    dev.write("enable", True)
+    assert dev.write("setpoint", 42.5) == pytest.approx(42.5)  # the value read back from the device
+    assert dev.write("ramp", 2.75) == 2.75
+    assert dev.write("enable", True) is True
     r = by_channel(dev.poll())
     assert r["vfd.setpoint"].value == pytest.approx(42.5) and r["vfd.enable"].value is True
     assert r["vfd.ramp"].value == 2.75
-    from hal.errors import ConfigurationError
-    with pytest.raises(ConfigurationError, match="only holding registers and coils"):
+    with pytest.raises(PermissionError, match="vfd.status is not writable"):
         dev.write("status", 1)
+    with pytest.raises(ValueError, match="expected a value at most 60, got 61"):
+        dev.write("setpoint", 61)
 
 
 def test_wrong_bus_is_a_configuration_error(make_context):
