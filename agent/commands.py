@@ -69,9 +69,9 @@ class CommandHandler:
             self._respond(name, None, error=CommandError("busy", "too many commands waiting; try again"),
                           silent=silent)
 
-    def write(self, device: str, metric: str, value: Any) -> None:
+    def write(self, target: str, value: Any) -> None:
         """A Sparkplug DCMD metric write: the same `set` path, allow-list and limits; audited, no response topic."""
-        body = json.dumps({"id": f"DCMD:{device}/{metric}", "target": f"{device}.{metric}", "value": value}).encode()
+        body = json.dumps({"id": f"DCMD:{target}", "target": target, "value": value}).encode()
         self.submit("set", body, silent=True)
 
     def _run(self) -> None:

@@ -66,7 +66,7 @@ class Uplink:
         self.cmd_topic = f"{self.prefix}/{self.agent_id}/cmd"
         self.response_topic = f"{self.prefix}/{self.agent_id}/cmd-response"
         self.on_command: Callable[[str, bytes], None] | None = None  # set by the agent when commands are enabled
-        self.on_write: Callable[[str, str, Any], None] | None = None  # Sparkplug DCMD writes, likewise
+        self.on_write: Callable[[str, Any], None] | None = None  # Sparkplug DCMD writes (target, value), likewise
         self._responses: deque[bytes] = deque()
         self._acked_mids: list[int] = []
         self._sent_at: dict[int, float] = {}  # mid -> monotonic publish time, for the PUBACK latency

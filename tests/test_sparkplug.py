@@ -289,3 +289,52 @@ def test_sparkplug_config_requires_a_group(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"sparkplug.group_id: expected an id without"):
         parse({"mqtt": {"format": "sparkplug"}, "sparkplug": {"group_id": "a/b"}}, "agent.toml")
     assert dataclasses.asdict(SparkplugConfig())["data_qos"] == 1
+
+
+def test_dcmd_writes_go_through_the_command_allow_list(broker, host, tmp_path: Path) -> None:
+    def config(allow: list[str]):
+        return parse({
+            "agent": {"id": NODE},
+            "mqtt": {"url": f"mqtt://127.0.0.1:{broker.port}", "format": "sparkplug"},
+            "sparkplug": {"group_id": GROUP},
+            "commands": {"enabled": True, "allow": allow},
+            "buses": {"header": {"type": "gpio"}},
+            "sensors": [{"name": "stack_light", "driver": "gpio.output", "bus": "header", "pin": 5,
+                         "writable": True, "interval_s": 0.1}],
+        }, "<test>", emulate=True)
+
+    def dcmd(value: object) -> None:
+        cmd = pysparkplug.DCmd(timestamp=int(time.time() * 1000), metrics=(pysparkplug.Metric(
+            timestamp=None, name="value", datatype=pysparkplug.DataType.BOOLEAN, value=value),))
+        host.c.publish(f"spBv1.0/{GROUP}/DCMD/{NODE}/stack_light", cmd.encode(), qos=1)
+
+    def light_values() -> list[bool]:
+        births: dict[str, object] = {}
+        out = []
+        for topic, raw in host.snapshot():
+            kind = topic.split("/")[2] if not topic.startswith("spBv1.0/STATE") else ""
+            if kind == "DBIRTH":
+                births["stack_light"] = pysparkplug.DBirth.decode(raw)
+            elif kind == "DDATA":
+                out += [m.value for m in pysparkplug.DData.decode(raw, birth=births["stack_light"]).metrics]
+        return out
+
+    agent = Agent(config(["set"]), tmp_path / "state")
+    agent.start()
+    try:
+        assert wait(lambda: light_values() and light_values()[-1] is False)
+        dcmd(True)
+        assert wait(lambda: light_values()[-1] is True), "a DCMD write switches the output, read back as DDATA"
+        assert agent.stats.get("commands_ok") == 1
+    finally:
+        agent.stop()
+    agent = Agent(config(["ping"]), tmp_path / "state2")  # `set` not allowed: the write is refused and audited
+    agent.start()
+    try:
+        assert wait(lambda: agent.stats.get("link") == "up")
+        time.sleep(0.3)
+        dcmd(True)
+        assert wait(lambda: agent.stats.get("commands_rejected") >= 1)
+        assert agent.readers[0].source.device.value == 0
+    finally:
+        agent.stop()

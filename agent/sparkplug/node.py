@@ -280,6 +280,20 @@ class SparkplugFormat:
                 self._route_cache[stream] = (AGENT_DEVICE, stream)
         return self._route_cache[stream]
 
+    def target_of(self, device: str, metric: str) -> str | None:
+        """The `set` target (`SENSOR[.CHANNEL]`) a DCMD metric of a device names: the inverse of `route`."""
+        for sensor, dev in self._sensors:
+            if dev != device:
+                continue
+            if device == sensor:
+                rest = metric
+            elif metric == sensor or metric.startswith(sensor + "/"):
+                rest = metric[len(sensor) + 1:]
+            else:
+                continue
+            return sensor if rest in ("", "value") else f"{sensor}.{rest}"
+        return None
+
     @staticmethod
     def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
         if isinstance(value, dict):
@@ -410,7 +424,12 @@ class SparkplugFormat:
                 log.warning("DCMD %s/%s ignored: commands are not enabled", device, name)
                 self.stats.inc("commands_rejected")
                 continue
-            writer(device, name, metric_value(m))
+            target = self.target_of(device, name)
+            if target is None:
+                log.warning("DCMD %s/%s ignored: no configured sensor has that metric", device, name)
+                self.stats.inc("commands_rejected")
+                continue
+            writer(target, metric_value(m))
 
     def tick(self, client: mqtt.Client) -> None:
         pass
