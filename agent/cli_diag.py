@@ -23,6 +23,7 @@ from typing import Any
 
 from agent.config import DEFAULT_CONFIG_PATH, Config
 from agent.errors import ConfigError
+from agent.outbox import seq_ranges
 
 SYSTEM_STATE_DIR = Path("/var/lib/edge-agent")
 DB_NAME = "outbox.db"
@@ -480,7 +481,7 @@ def purge(state_dir: Path, streams: list[str] | None, before_ns: int | None) -> 
             seq = row[0] if row else 0
             ts = now_ns()
             for stream, seqs in sorted(dropped.items()):
-                payload = {"event": "gap", "reason": "purged", "gap_stream": stream, "ranges": _ranges(seqs),
+                payload = {"event": "gap", "reason": "purged", "gap_stream": stream, "ranges": seq_ranges(seqs),
                            "count": len(seqs)}
                 conn.execute("INSERT INTO records(stream, seq, ts_ns, kind, quality, payload) "
                              "VALUES (?, ?, ?, 'event', 'good', ?)", (GAP_STREAM, seq, ts, payload_json(payload)))
@@ -498,16 +499,6 @@ def purge(state_dir: Path, streams: list[str] | None, before_ns: int | None) -> 
         raise DiagError(f"cannot purge {path}: {e}") from None
     finally:
         conn.close()
-
-
-def _ranges(seqs: list[int]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for s in sorted(seqs):
-        if out and s == out[-1][1] + 1:
-            out[-1][1] = s
-        else:
-            out.append([s, s])
-    return out
 
 
 def cmd_buffer_purge(args: argparse.Namespace) -> int:
@@ -545,7 +536,7 @@ def cmd_buffer_purge(args: argparse.Namespace) -> int:
             return 1
     dropped = purge(state_dir, args.stream, before)
     for stream, seqs in sorted(dropped.items()):
-        print(f"purged {len(seqs)} records of {stream} (seq {', '.join(f'{a}-{b}' for a, b in _ranges(seqs))}); "
+        print(f"purged {len(seqs)} records of {stream} (seq {', '.join(f'{a}-{b}' for a, b in seq_ranges(seqs))}); "
               "a gap event on stream outbox records it")
     return 0
 

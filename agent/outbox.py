@@ -86,7 +86,8 @@ def _is_fault(e: sqlite3.Error) -> bool:
         s in msg for s in ("disk", "full", "readonly", "read-only", "i/o", "locked", "malformed"))
 
 
-def _ranges(seqs: list[int]) -> list[list[int]]:
+def seq_ranges(seqs: list[int]) -> list[list[int]]:
+    """[[first, last], ...] inclusive runs of consecutive sequence numbers."""
     out: list[list[int]] = []
     for s in sorted(seqs):
         if out and s == out[-1][1] + 1:
@@ -415,7 +416,7 @@ class Outbox:
             next_seq[GAP_STREAM] = seq + 1
             kinds[GAP_STREAM] = "event"
             touched.add(GAP_STREAM)
-            payload = {"event": "gap", "reason": reason, "gap_stream": stream, "ranges": _ranges(seqs),
+            payload = {"event": "gap", "reason": reason, "gap_stream": stream, "ranges": seq_ranges(seqs),
                        "count": len(seqs)}
             rows.append((GAP_STREAM, seq, ts, "event", str(Quality.GOOD), payload_json(payload)))
             self.stats.inc("outbox_gap_events")

@@ -9,7 +9,7 @@ import pytest
 
 from agent.config import OutboxConfig
 from agent.errors import OutboxError
-from agent.outbox import GAP_STREAM, Outbox, _ranges
+from agent.outbox import GAP_STREAM, Outbox, seq_ranges
 from agent.records import Emit
 from hal.types import Quality
 
@@ -128,6 +128,6 @@ def test_full_outbox_gap_events_account_for_exactly_the_missing_seqs(tmp_path: P
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_ranges() -> None:
-    assert _ranges([5, 1, 2, 3, 7]) == [[1, 3], [5, 5], [7, 7]]
-    assert _ranges([]) == []
+def testseq_ranges() -> None:
+    assert seq_ranges([5, 1, 2, 3, 7]) == [[1, 3], [5, 5], [7, 7]]
+    assert seq_ranges([]) == []

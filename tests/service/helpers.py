@@ -93,13 +93,7 @@ def service_config(port: int, agent_id: str = "svc", stalling: bool = False,
     return parse(raw, "<test>", emulate=True)
 
 
-def wait(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
+from tests.agent_helpers import wait  # noqa: E402,F401  (one polling helper for every test)
 
 
 def tick_until(service: Any, listener: NotifyListener, predicate: Callable[[dict[str, str]], bool],
