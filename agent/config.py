@@ -121,6 +121,7 @@ class OutboxConfig:
     synchronous: str = "full"
     max_mb: float = 256.0
     policy: str = "drop_oldest"
+    max_age_h: float = 0.0  # 0: no age bound
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,8 @@ _OUTBOX_OPTIONS = [
     Option("commit_max_records", int, 500, "commit early after this many records", in_range(1, 1000000)),
     Option("synchronous", str, "full", "SQLite synchronous mode", choices=("full", "normal", "extra", "off")),
     Option("max_mb", (int, float), 256.0, "outbox size bound in MB", positive),
+    Option("max_age_h", (int, float), 0.0, "drop records older than this many hours (0: keep until sent)",
+           non_negative),
     Option("policy", str, "drop_oldest", "what to drop when the outbox is full",
            choices=("drop_oldest", "drop_newest")),
 ]

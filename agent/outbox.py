@@ -9,7 +9,8 @@ uplink) are deleted by the same thread.
 Faults are survived, not raised: a full disk, a read-only file system or an I/O error rolls the transaction back,
 keeps the batch in memory, is counted and reported once, and the write is retried with back-off until it succeeds.
 When the database grows past `max_mb`, the configured policy drops the oldest records (`drop_oldest`) or refuses
-the newest (`drop_newest`); every dropped range is published as a `gap` event on stream `outbox`.
+the newest (`drop_newest`); with `max_age_h`, records older than that are dropped too (reason `expired`). Every
+dropped range is published as a `gap` event on stream `outbox`.
 
 Readers (the uplink, diagnostics) open their own connections with `Outbox.reader()`.
 """
@@ -422,42 +423,62 @@ class Outbox:
             self.stats.inc("outbox_gap_events")
         return rows
 
+    def _drop(self, where: str, params: tuple[Any, ...], reason: str) -> int:
+        """Delete the records matching `where` (never gap events) in one transaction, with their gap events."""
+        assert self._conn is not None
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        rows = conn.execute(f"SELECT id, stream, seq FROM records WHERE stream != ? AND {where}",
+                            (GAP_STREAM, *params)).fetchall()
+        if not rows:
+            conn.execute("ROLLBACK")
+            return 0
+        dropped: dict[str, list[int]] = defaultdict(list)
+        for _, stream, seq in rows:
+            dropped[stream].append(seq)
+        ids = [r[0] for r in rows]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            conn.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        next_seq, kinds = dict(self._next_seq), dict(self._kinds)
+        touched: set[str] = set()
+        gap_rows = self._gap_rows(dropped, reason, next_seq, kinds, touched)
+        conn.executemany(
+            "INSERT INTO records(stream, seq, ts_ns, kind, quality, payload) VALUES (?, ?, ?, ?, ?, ?)", gap_rows)
+        conn.executemany(
+            "INSERT INTO streams(stream, kind, next_seq) VALUES (?, ?, ?) "
+            "ON CONFLICT(stream) DO UPDATE SET next_seq = excluded.next_seq",
+            [(s, kinds[s], next_seq[s]) for s in touched])
+        conn.execute("COMMIT")
+        self._next_seq, self._kinds = next_seq, kinds
+        self._depth += len(gap_rows) - len(ids)
+        self.stats.set("outbox_depth", self._depth)
+        for ev in self._listeners:
+            ev.set()
+        return len(ids)
+
     def _enforce_bounds(self) -> None:
-        """drop_oldest: while over the size bound, delete the oldest records and publish what was dropped."""
+        """Age bound (`max_age_h`), then drop_oldest: while over the size bound, delete the oldest records; every
+        dropped range is published as a gap event."""
+        if self.config.max_age_h > 0:
+            cutoff = now_ns() - int(self.config.max_age_h * 3600e9)
+            n = self._drop("ts_ns < ?", (cutoff,), "expired")
+            if n:
+                self.stats.inc("outbox_dropped_expired", n)
+                log.warning("outbox: dropped %d records older than %g h (published as gap events)", n,
+                            self.config.max_age_h)
         if self.config_policy() != "drop_oldest" or not self._over_bound():
             return
         assert self._conn is not None
-        conn = self._conn
         for _ in range(100):
             if not self._over_bound():
                 break
             chunk = max(100, self._depth // 20)
-            conn.execute("BEGIN IMMEDIATE")
-            rows = conn.execute(
-                "SELECT id, stream, seq FROM records WHERE stream != ? ORDER BY id LIMIT ?", (GAP_STREAM, chunk),
-            ).fetchall()
-            if not rows:
-                conn.execute("ROLLBACK")
+            row = self._conn.execute("SELECT MAX(id) FROM (SELECT id FROM records WHERE stream != ? ORDER BY id "
+                                     "LIMIT ?)", (GAP_STREAM, chunk)).fetchone()
+            if row[0] is None:
                 break
-            dropped: dict[str, list[int]] = defaultdict(list)
-            for _, stream, seq in rows:
-                dropped[stream].append(seq)
-            max_id = rows[-1][0]
-            cur = conn.execute("DELETE FROM records WHERE id <= ? AND stream != ?", (max_id, GAP_STREAM))
-            next_seq = dict(self._next_seq)
-            kinds = dict(self._kinds)
-            touched: set[str] = set()
-            gap_rows = self._gap_rows(dropped, "outbox_full", next_seq, kinds, touched)
-            conn.executemany(
-                "INSERT INTO records(stream, seq, ts_ns, kind, quality, payload) VALUES (?, ?, ?, ?, ?, ?)", gap_rows)
-            conn.executemany(
-                "INSERT INTO streams(stream, kind, next_seq) VALUES (?, ?, ?) "
-                "ON CONFLICT(stream) DO UPDATE SET next_seq = excluded.next_seq",
-                [(s, kinds[s], next_seq[s]) for s in touched])
-            conn.execute("COMMIT")
-            self._next_seq, self._kinds = next_seq, kinds
-            self._depth += len(gap_rows) - cur.rowcount
-            self.stats.inc("outbox_dropped_oldest", cur.rowcount)
-            self.stats.set("outbox_depth", self._depth)
-            for ev in self._listeners:
-                ev.set()
+            n = self._drop("id <= ?", (row[0],), "outbox_full")
+            self.stats.inc("outbox_dropped_oldest", n)
+            if not n:
+                break

@@ -131,3 +131,27 @@ def test_full_outbox_gap_events_account_for_exactly_the_missing_seqs(tmp_path: P
 def testseq_ranges() -> None:
     assert seq_ranges([5, 1, 2, 3, 7]) == [[1, 3], [5, 5], [7, 7]]
     assert seq_ranges([]) == []
+
+
+def test_records_older_than_max_age_are_dropped_with_gap_events(tmp_path: Path) -> None:
+    import time as _time
+
+    from hal.types import now_ns
+    ob = Outbox(tmp_path, OutboxConfig(commit_interval_ms=5, max_age_h=1.0))
+    ob.start()
+    old = now_ns() - int(2 * 3600e9)
+    for i in range(5):
+        ob.put(Emit("reading", "a", old + i, {"value": i}))  # two hours old: expired
+    for i in range(5, 8):
+        ob.put(Emit("reading", "a", now_ns(), {"value": i}))
+    ob.flush()
+    ob._last_size_check = 0
+    ob.put(Emit("reading", "b", now_ns(), {"value": 0}))
+    ob.flush()
+    _time.sleep(0.2)
+    ob.stop()
+    rows = all_rows(tmp_path / "outbox.db")
+    assert [r[1] for r in rows if r[0] == "a"] == [5, 6, 7]
+    (gap,) = _gap_events(tmp_path / "outbox.db")
+    assert gap["reason"] == "expired" and gap["ranges"] == [[0, 4]] and gap["count"] == 5
+    assert ob.stats.get("outbox_dropped_expired") == 5

@@ -196,3 +196,33 @@ def test_mqtt5_end_to_end(broker, tmp_path: Path, subscriber_factory) -> None:
     finally:
         agent.stop()
     check_complete(sub.records())
+
+
+def test_a_frozen_broker_is_detected_by_keepalive_and_nothing_is_lost(tmp_path: Path, subscriber_factory) -> None:
+    """A half-open link (the broker process frozen, its TCP socket still open): the agent notices through the
+    MQTT keep-alive, buffers, reconnects when the broker thaws, and the consumer misses nothing."""
+    import dataclasses
+
+    b = MosquittoBroker(tmp_path, persistent=True).start()
+    sub = subscriber_factory(b.port, persistent=True)
+    cfg = small_config(b.port)
+    cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, keepalive_s=5, inflight=16))
+    agent = run_agent(cfg, tmp_path / "state")
+    try:
+        assert sub.wait_for(lambda s: len(s.records()) >= 10)
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGSTOP)
+        # paho pings after a keep-alive of silence and gives up after another one without an answer
+        assert wait(lambda: agent.stats.get("uplink_disconnects") >= 1, 60), "a frozen broker must be noticed"
+        depth = agent.outbox.depth
+        assert wait(lambda: agent.outbox.depth > depth + 5), "and records buffer meanwhile"
+        b.proc.send_signal(signal.SIGCONT)
+        assert wait(lambda: agent.stats.get("link") == "up" and agent.stats.get("uplink_connects") >= 2, 60)
+        assert wait(lambda: agent.uplink._backlog_end == 0, 60)
+    finally:
+        if b.proc is not None:
+            b.proc.send_signal(signal.SIGCONT)
+        agent.stop(drain_s=15)
+    time.sleep(0.5)
+    check_complete(sub.records(), outbox_heads(tmp_path / "state"))
+    b.stop()
