@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -44,19 +45,34 @@ class Processor(Protocol):
 
 
 class ValueBoard:
-    """The latest good numeric value of each slow channel, shared by the processors of one pipeline."""
+    """Recent good numeric values of each slow channel, shared by the processors of one pipeline.
+
+    A stream processor asks for the value nearest in time to its window, so a window that waited in the queue
+    still gets the shaft speed of its own moment, also while the machine runs up.
+    """
+
+    HISTORY = 64
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: dict[str, tuple[int, float, str]] = {}
+        self._values: dict[str, deque[tuple[int, float, str]]] = {}
 
     def post(self, channel: str, ts_ns: int, value: float, unit: str = "") -> None:
         with self._lock:
-            self._values[channel] = (ts_ns, float(value), unit)
+            history = self._values.get(channel)
+            if history is None:
+                history = self._values[channel] = deque(maxlen=self.HISTORY)
+            history.append((ts_ns, float(value), unit))
 
-    def get(self, channel: str) -> tuple[int, float, str] | None:
+    def get(self, channel: str, ts_ns: int | None = None) -> tuple[int, float, str] | None:
+        """(ts_ns, value, unit) of the reading nearest to `ts_ns` (the latest without it), or None."""
         with self._lock:
-            return self._values.get(channel)
+            history = self._values.get(channel)
+            if not history:
+                return None
+            if ts_ns is None:
+                return history[-1]
+            return min(history, key=lambda h: abs(h[0] - ts_ns))
 
 
 # Used when the pipeline does not pass its own board (one board per pipeline is the intended wiring).
@@ -152,7 +168,7 @@ class StreamFeatures:
             return float(s["shaft_hz"])
         if not s["tachometer"]:
             return None
-        got = self.board.get(s["tachometer"])
+        got = self.board.get(s["tachometer"], ts_ns)
         if got is None or abs(ts_ns - got[0]) > s["tachometer_max_age_s"] * NS or not got[1] > 0:
             return None
         ts, value, unit = got

@@ -250,3 +250,16 @@ def test_degenerate_windows_do_not_break_the_record():
     zero = out[0].payload["features"]["x"]
     assert zero["rms"] == 0.0 and zero["bands"] == [0.0] and zero["peaks"] == []
     assert math.isnan(zero["crest"]) and math.isnan(zero["kurtosis"])  # 0/0, sent as null
+
+
+def test_the_board_gives_the_tachometer_reading_nearest_to_the_window():
+    board = ValueBoard()
+    assert board.get("rpm") is None
+    for k, v in enumerate([600.0, 1200.0, 1800.0]):
+        board.post("rpm", T0 + k * NS, v, "rpm")
+    assert board.get("rpm")[1] == 1800.0
+    assert board.get("rpm", T0 + NS + NS // 3)[1] == 1200.0
+    sensor = stream_sensor({"tachometer": "rpm", "bearing": "6205"}, window=64)
+    proc = make_processor(sensor, board)
+    assert proc.shaft_hz(T0 + 100) == pytest.approx(10.0)
+    assert proc.shaft_hz(T0 + 2 * NS + 11 * NS) is None  # the nearest reading is 11 s away: too old
