@@ -179,7 +179,9 @@ class StreamFeatures:
         for w in self.windower.push(block):
             an = self.analyzer(w.rate_hz)
             shaft = self.shaft_hz(w.t0_ns)
-            features = an.features(w.samples, block.axes, shaft)
+            axes = block.axes if len(block.axes) == w.samples.shape[1] else tuple(
+                f"ch{k}" for k in range(w.samples.shape[1]))  # a driver that names its axes wrongly loses none
+            features = an.features(w.samples, axes, shaft)
             payload: dict[str, Any] = {"unit": block.unit, "rate_hz": w.rate_hz, "n": int(w.samples.shape[0]),
                                        "features": features}
             payload.update(an.context(shaft))
