@@ -236,7 +236,8 @@ class Agent:
                     req.done.set()
 
     def _process(self, stop: threading.Event, processors: dict[str, Processor]) -> None:
-        last_tick = time.monotonic()
+        clock = self.context.clock  # ticks every 0.5 s of sensor time (plant time when emulating faster)
+        last_tick = clock.monotonic()
         while True:
             self.stats.progress("processing")
             try:
@@ -259,9 +260,9 @@ class Agent:
                 except Exception as e:
                     self.stats.inc(f"processing_errors.{item.sensor}")
                     log.exception("processing %s failed: %s", item.sensor, e)
-            if time.monotonic() - last_tick >= 0.5:
-                last_tick = time.monotonic()
-                t = self.context.clock.time_ns()  # the sensors' time base (plant time when emulating faster)
+            if clock.monotonic() - last_tick >= 0.5:
+                last_tick = clock.monotonic()
+                t = clock.time_ns()
                 for name, proc in processors.items():
                     try:
                         self._emit(proc.tick(t))

@@ -54,6 +54,7 @@ class _Stimulus:
                  width_s: float) -> None:
         self.pin, self.kind, self.fn, self.active_high, self.width_s = pin, kind, fn, active_high, width_s
         self.next_t = 0.0
+        self.last_t = 0.0  # time of the last edge driven
         self.active = False
 
 
@@ -121,9 +122,18 @@ class EmulatedGpioBus:
                     self._set(s, False, now)
                     s.next_t = now
                     continue
+                # the rate may have risen since the next edge was planned (a start-up ramp): never wait longer
+                # than the current rate's half period after the last edge
+                if s.kind == "square":
+                    s.next_t = min(s.next_t, s.last_t + 0.5 / value)
+                elif s.active:
+                    s.next_t = min(s.next_t, s.last_t + min(s.width_s, 0.5 / value))
+                else:
+                    s.next_t = min(s.next_t, s.last_t + max(1.0 / value - s.width_s, 0.5 / value))
                 if now - s.next_t > 0.1:  # first edge, or far behind (a suspended machine): no burst of edges
                     s.next_t = now
                 if now >= s.next_t:
+                    s.last_t = s.next_t
                     if s.kind == "square":
                         self._set(s, not s.active, s.next_t)
                         s.next_t += 0.5 / value

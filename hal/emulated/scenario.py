@@ -311,6 +311,7 @@ class ScenarioRunner:
 
     def start(self) -> "ScenarioRunner":
         self.t0 = self.plant.now()
+        self.plant.schedule(self.scenario.start, self.scenario.duty, at=self.t0)  # the duty cycle starts with t = 0
         log.info("scenario %s: started (%d events over %.0f s of plant time)", self.scenario.name,
                  len(self.scenario.events), self.scenario.end_s)
         self._thread = threading.Thread(target=self._run, name=f"scenario-{self.scenario.name}", daemon=True)
