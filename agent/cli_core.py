@@ -65,7 +65,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config_path = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None)
     try:
-        agent = Agent(config, state_dir, config_path=config_path)
+        clock, plant, scenario = _emulation(args, config)
+    except ConfigError as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return 2
+    try:
+        agent = Agent(config, state_dir, config_path=config_path, clock=clock, plant=plant)
     except ConfigError as e:
         print(f"edge-agent: invalid configuration, not starting:\n{e}", file=sys.stderr)
         return 2
@@ -91,7 +96,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     service = Service(agent, status_socket=Path(args.status_socket) if args.status_socket
                       else default_status_socket(state_dir))
+    runner = view = None
     try:
+        if scenario is not None:
+            from hal.emulated.scenario import ScenarioRunner
+            runner = ScenarioRunner(scenario, plant, lambda: agent.context).start()
+        if sys.stdout.isatty():  # the live view in a terminal; plain log lines otherwise (systemd, pipes)
+            from agent.console import LiveView
+            view = LiveView(agent, runner=runner).start()
         service.ready()  # READY=1 (systemd), the status socket, the first health record
         while not stop.wait(1.0):
             if hup.is_set():  # SIGHUP: reload; a bad configuration is rejected and the running one kept
@@ -107,9 +119,46 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.duration and _elapsed_s(agent.boot_ns) >= args.duration:
                 break
     finally:
+        if runner is not None:
+            runner.stop()
+        if view is not None:
+            view.stop()
         service.stopping()  # STOPPING=1
         agent.stop(drain_s=args.drain_s)
     return 0
+
+
+def _emulation(args: argparse.Namespace, config: Config) -> tuple[object, object, object]:
+    """(clock, plant, scenario) for --speed and --scenario; (None, None, None) without them."""
+    speed = float(getattr(args, "speed", 1.0) or 1.0)
+    name = getattr(args, "scenario", None)
+    if speed == 1.0 and not name:
+        return None, None, None
+    if not speed > 0:
+        raise ConfigError([f"--speed: expected a positive factor, got {speed:g}"])
+    real = [b for b, t in config.buses.items() if t.get("backend", "real") != "emulated"]
+    if not config.emulate and real:
+        raise ConfigError([f"--speed/--scenario drive the emulated plant, but bus {', '.join(real)} is real "
+                           "(add --emulate)"])
+    from hal.clock import clock_for
+    from hal.emulated.plant import Plant
+    from hal.emulated.scenario import ScenarioError, load
+
+    scenario = None
+    if name:
+        try:
+            scenario = load(name)
+        except ScenarioError as e:
+            raise ConfigError([str(e)]) from None
+    clock = clock_for(speed)
+    if speed != 1.0:
+        log.info("emulating at %gx real time: timestamps are plant time", speed)
+    plant = Plant(clock=clock)
+    if scenario is not None:  # plant parameters and the initial schedule apply before the sensors start
+        for k, v in scenario.plant.items():
+            setattr(plant, k, v)
+        plant.schedule(scenario.start, scenario.duty)
+    return clock, plant, scenario
 
 
 def _elapsed_s(boot_ns: int) -> float:
@@ -160,6 +209,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "<state dir>/status.sock)")
     run.add_argument("--drain-s", type=float, default=3.0, metavar="S",
                      help="at shutdown, keep publishing the outbox for up to S seconds (default 3)")
+    run.add_argument("--scenario", metavar="NAME|FILE",
+                     help="emulation: play a scenario on the plant (shipped: bearing-wear, demo, faults, shift; "
+                          "or a .toml file; see docs/plant.md)")
+    run.add_argument("--speed", type=float, default=1.0, metavar="X",
+                     help="emulation: run plant time X times faster than real time (records carry plant time)")
     run.set_defaults(func=cmd_run)
 
     config = sub.add_parser("config", help="check a configuration file")

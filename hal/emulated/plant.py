@@ -291,11 +291,14 @@ class Plant:
             return self.ambient_c + 18.0 + 1.5 * math.sin(2 * math.pi * t / 600.0)
         with self._lock:
             state = self._thermal
-        if state is None:
+        if state is None:  # start warm: the mean steady-state temperature of what the machine is doing
             seg = self._segment(t)
-            mean_load = 0.5 if seg is None or seg.mode != "cycle" else float(np.mean(seg.duty.at(
-                np.linspace(0, seg.duty.period_s, 200, endpoint=False))[2]))
-            state = (t, self.ambient_c + self.bearing_rise_idle_c + self.bearing_rise_load_c * mean_load)
+            assert seg is not None
+            tau = seg.t0 + (np.linspace(0, seg.duty.period_s, 200, endpoint=False) if seg.mode == "cycle"
+                            else np.zeros(1))
+            _, frac, load = seg.at(tau, self)
+            rise = np.where(frac > 0, self.bearing_rise_idle_c + self.bearing_rise_load_c * load, 0.0)
+            state = (t, self.ambient_c + float(np.mean(rise)))
         t_last, temp = state
         while t > t_last + 1e-9:  # integrate in steps of at most 1 s with the load in each step's middle
             dt = min(t - t_last, 1.0)

@@ -1,0 +1,105 @@
+"""Scenario files and the runner, against real emulated buses (an I2C chip model, a pymodbus TCP server) on an
+accelerated clock."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from hal.clock import ScaledClock
+from hal.emulated.plant import Plant
+from hal.emulated.scenario import ScenarioError, ScenarioRunner, load, names, parse, parse_duration
+from hal.sources import HalContext, open_source
+
+
+def test_every_shipped_scenario_loads() -> None:
+    assert {"demo", "bearing-wear", "shift", "faults"} <= set(names())
+    for name in names():
+        s = load(name)
+        assert s.name == name and s.events
+    assert load("bearing-wear").events[0].at_s == 600.0  # "10m"
+
+
+def test_a_scenario_file_by_path(tmp_path: Path) -> None:
+    f = tmp_path / "mine.toml"
+    f.write_text('start = "run"\n[[events]]\nat = "1h30m"\naction = "stop"\nfor = "2.5m"\n')
+    s = load(str(f))
+    assert s.name == "mine" and s.events[0].at_s == 5400 and s.events[0].for_s == 150 and s.end_s == 5550
+
+
+def test_errors_name_the_file_the_key_path_and_what_was_expected() -> None:
+    with pytest.raises(ScenarioError) as e:
+        parse({"start": "sometimes", "plant": {"imbalance_ms2": "x"}, "duty": {"off_s": -1},
+               "events": [{"at": "soon", "action": "stop"}, {"action": "explode"},
+                          {"action": "i2c_nack", "address": "0x53"}, {"action": "bearing_fault", "for": 10}]},
+              "bad.toml")
+    msg = str(e.value)
+    for part in ("bad.toml: start: expected cycle, run, idle or off, got 'sometimes'",
+                 "bad.toml: plant.imbalance_ms2: expected a number",
+                 "bad.toml: duty.off_s: expected a number >= 0, got -1",
+                 "bad.toml: events[0].at: expected seconds or a duration",
+                 "bad.toml: events[1].action: expected one of",
+                 "bad.toml: events[2].address: expected an integer",
+                 "bad.toml: events[3].for: action bearing_fault does not take a duration"):
+        assert part in msg, part
+    with pytest.raises(ScenarioError, match="expected a shipped scenario .*demo"):
+        load("no-such-scenario")
+    with pytest.raises(ValueError):
+        parse_duration("10 parsecs")
+
+
+def test_the_runner_injects_faults_on_the_emulated_buses_and_they_clear(tmp_path: Path) -> None:
+    clock = ScaledClock(20.0)
+    plant = Plant(clock=clock)
+    ctx = HalContext(emulate=True, plant=plant, clock=clock, buses={
+        "i2c1": {"type": "i2c"}, "meter": {"type": "modbus_tcp", "timeout_s": 0.1}})
+    bme = open_source("bme280", "cab", {"address": 0x76}, ctx, bus="i2c1")
+    meter = open_source("modbus", "energy", {"unit": 1, "profile": "sdm630", "include": ["power_total"],
+                                             "backoff_min_s": 0.5, "backoff_max_s": 1.0}, ctx, bus="meter")
+    outages: list[bool] = []
+    scenario = parse({"start": "run", "events": [
+        {"at": 1, "action": "broker_outage", "for": 1},
+        {"at": 2, "action": "i2c_nack", "address": 0x76, "for": 3},
+        {"at": 2, "action": "modbus_silent", "bus": "meter", "for": 3},
+        {"at": 3, "action": "sensornode_unplug"},  # no sensor node here: reported, the run goes on
+    ]}, "t.toml")
+    runner = ScenarioRunner(scenario, plant, ctx, {"broker_outage": outages.append})
+    try:
+        bme.open()
+        meter.open()
+        readings = []
+        runner.start()
+        stop = threading.Event()
+        while runner.elapsed() < 8.0:
+            for r in bme.poll() + meter.poll():
+                readings.append((plant.t(r.ts_ns) - runner.t0, r))
+            clock.wait(stop, 0.25)
+        assert runner.done.wait(5)
+    finally:
+        runner.stop()
+        ctx.close()
+    assert outages == [True, False]
+    results = {label: result for _, label, result in runner.log}
+    assert runner.errors == 1 and results["sensornode_unplug"].startswith("LookupError: no emulated sensor node")
+    assert [results[k] for k in results if k != "sensornode_unplug"] == ["ok"] * 6
+    for channel in ("cab.temperature", "energy.power_total"):
+        seen = [(t, r.quality.value) for t, r in readings if r.channel == channel]
+        assert all(q == "good" for t, q in seen if t < 1.9), (channel, seen)
+        assert any(q == "bad" for t, q in seen if 2.1 <= t < 4.9), (channel, seen)
+        assert seen[-1][1] == "good", (channel, seen)
+    assert any("no acknowledge" in (r.error or "") for _, r in readings if r.channel == "cab.temperature")
+
+
+def test_a_hook_that_is_missing_is_an_error_in_the_log_not_an_exception() -> None:
+    clock = ScaledClock(50.0)
+    plant = Plant(clock=clock)
+    runner = ScenarioRunner(parse({"events": [{"at": 0.5, "action": "broker_outage", "for": 0.5},
+                                              {"at": 2, "action": "bearing_fault", "grow_s": 10}]}, "t.toml"),
+                            plant, HalContext(plant=plant, clock=clock)).start()
+    assert runner.done.wait(5)
+    results = {label: result for _, label, result in runner.log}
+    assert "the agent does not own the broker" in results["broker_outage"]
+    assert results["bearing_fault(grow_s=10, severity=1.0)"] == "ok" and runner.errors == 2
+    assert plant.fault_severity(plant.now() + 20) == 1.0
