@@ -35,7 +35,8 @@ Actions (extra keys in brackets; `for` = a duration after which the fault clears
 | `i2c_stuck` | the I2C bus hangs (ETIMEDOUT) [`bus`, `for`] |
 | `serial_unplug` | a serial line goes dead [`bus`, `for`] |
 | `sensornode_unplug` | a USB sensor node is unplugged [`sensor`, `for`] |
-| `broker_outage` | the broker is unreachable [`for`]; run by a hook (the agent does not own the broker: a test maps it to its Mosquitto fixture) |
+| `broker_outage` | the broker is unreachable [`for`]; run by a hook (the agent does not own the broker: a test |
+|  | maps it to its Mosquitto fixture) |
 
 A bus fault on a bus that does not exist (or was not opened) is an error logged with the event, never an
 exception in the runner. `ScenarioRunner.log` lists what happened when, in plant seconds since the scenario's start.
@@ -193,7 +194,8 @@ def parse(raw: Mapping[str, Any], source: str = "<scenario>") -> Scenario:
             if k in ("at", "action", "for"):
                 continue
             if k not in required and k not in optional:
-                bad(f"{where}.{k}", f"unknown key for {action} (expected {', '.join(required + tuple(optional)) or 'none'})")
+                keys = ", ".join(required + tuple(optional)) or "none"
+                bad(f"{where}.{k}", f"unknown key for {action} (expected {keys})")
             params[k] = v
         for k in required:
             if k not in ev:
@@ -209,7 +211,8 @@ def parse(raw: Mapping[str, Any], source: str = "<scenario>") -> Scenario:
             if params.get(k) is not None and (isinstance(params[k], bool) or not isinstance(params[k], int)):
                 bad(f"{where}.{k}", f"expected an integer, got {params[k]!r}")
         if action == "set" and params.get("signal") not in Plant.SIGNALS:
-            bad(f"{where}.signal", f"expected a plant signal ({', '.join(Plant.SIGNALS)}), got {params.get('signal')!r}")
+            bad(f"{where}.signal",
+                f"expected a plant signal ({', '.join(Plant.SIGNALS)}), got {params.get('signal')!r}")
         events.append(Event(at, action, params, for_s))
     if problems:
         raise ScenarioError(f"invalid scenario ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n  "
@@ -409,8 +412,10 @@ class ScenarioRunner:
             return (lambda: [s.fail_with(u, int(p["code"])) for s in servers() for u in units(s)],
                     lambda: [s.fail_with(u, None) for s in servers() for u in units(s)])
         if a == "i2c_nack":
-            return (lambda: [b.nack(int(p["address"]), int(p["count"])) for b in self._buses("i2c", ("i2c",), p["bus"])],
-                    lambda: [b.nack(int(p["address"]), 0) for b in self._buses("i2c", ("i2c",), p["bus"])])
+            def i2c() -> list[Any]:
+                return self._buses("i2c", ("i2c",), p["bus"])
+            return (lambda: [b.nack(int(p["address"]), int(p["count"])) for b in i2c()],
+                    lambda: [b.nack(int(p["address"]), 0) for b in i2c()])
         if a == "i2c_stuck":
             return (lambda: [b.stick() for b in self._buses("i2c", ("i2c",), p["bus"])],
                     lambda: [b.unstick() for b in self._buses("i2c", ("i2c",), p["bus"])])

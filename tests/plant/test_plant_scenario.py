@@ -148,7 +148,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     broker.stop()
     if os.environ.get("PLANT_DUMP"):  # PLANT_DUMP=FILE keeps what the run saw, for a post-mortem
         Path(os.environ["PLANT_DUMP"]).write_text(json.dumps({"records": records, "stats": stats, "heads": heads,
-                                                               "start_ns": start_ns, "log": runner.log, "epoch": plant.epoch_ns}))
+                                                               "start_ns": start_ns, "log": runner.log}))
     assert [d for d, _ in outages] == [True, False], outages
     return Run(records, plant, runner, stats, heads, start_ns)
 

@@ -51,7 +51,7 @@ def test_errors_name_the_file_the_key_path_and_what_was_expected() -> None:
 
 
 def test_the_runner_injects_faults_on_the_emulated_buses_and_they_clear(tmp_path: Path) -> None:
-    clock = ScaledClock(20.0)
+    clock = ScaledClock(10.0)
     plant = Plant(clock=clock)
     ctx = HalContext(emulate=True, plant=plant, clock=clock, buses={
         "i2c1": {"type": "i2c"}, "meter": {"type": "modbus_tcp", "timeout_s": 0.1}})
@@ -61,8 +61,8 @@ def test_the_runner_injects_faults_on_the_emulated_buses_and_they_clear(tmp_path
     outages: list[bool] = []
     scenario = parse({"start": "run", "events": [
         {"at": 1, "action": "broker_outage", "for": 1},
-        {"at": 2, "action": "i2c_nack", "address": 0x76, "for": 3},
-        {"at": 2, "action": "modbus_silent", "bus": "meter", "for": 3},
+        {"at": 2, "action": "i2c_nack", "address": 0x76, "for": 6},
+        {"at": 2, "action": "modbus_silent", "bus": "meter", "for": 6},
         {"at": 3, "action": "sensornode_unplug"},  # no sensor node here: reported, the run goes on
     ]}, "t.toml")
     runner = ScenarioRunner(scenario, plant, ctx, {"broker_outage": outages.append})
@@ -72,7 +72,7 @@ def test_the_runner_injects_faults_on_the_emulated_buses_and_they_clear(tmp_path
         readings = []
         runner.start()
         stop = threading.Event()
-        while runner.elapsed() < 8.0:
+        while runner.elapsed() < 12.0:
             for r in bme.poll() + meter.poll():
                 readings.append((plant.t(r.ts_ns) - runner.t0, r))
             clock.wait(stop, 0.25)
@@ -87,7 +87,8 @@ def test_the_runner_injects_faults_on_the_emulated_buses_and_they_clear(tmp_path
     for channel in ("cab.temperature", "energy.power_total"):
         seen = [(t, r.quality.value) for t, r in readings if r.channel == channel]
         assert all(q == "good" for t, q in seen if t < 1.9), (channel, seen)
-        assert any(q == "bad" for t, q in seen if 2.1 <= t < 4.9), (channel, seen)
+        assert any(q == "bad" for t, q in seen if 2.1 <= t < 7.9), (channel, seen)
+        assert all(q == "good" for t, q in seen if t > 10.5), (channel, seen)  # back-off is at most 1 s
         assert seen[-1][1] == "good", (channel, seen)
     assert any("no acknowledge" in (r.error or "") for _, r in readings if r.channel == "cab.temperature")
 
