@@ -76,6 +76,11 @@ class HalContext:
         with self._lock:
             return self._opened.get(key)
 
+    def opened(self, prefix: str = "") -> dict[str, Any]:
+        """The shared objects whose key starts with `prefix` (e.g. "sensornode.emulator.")."""
+        with self._lock:
+            return {k: v for k, v in self._opened.items() if k.startswith(prefix)}
+
     def shared(self, key: str, factory: Any) -> Any:
         """Return the object cached under `key`, creating it with `factory()` once (buses, servers)."""
         with self._lock:

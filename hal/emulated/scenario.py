@@ -426,11 +426,9 @@ class ScenarioRunner:
                     lambda: [setattr(k, "cut", False) for k in links()])
         if a == "sensornode_unplug":
             def nodes() -> list[Any]:
-                ctx = self.context()
-                with ctx._lock:
-                    keys = [k for k in ctx._opened if k.startswith("sensornode.emulator.")]
-                keys = [k for k in keys if not p["sensor"] or k == f"sensornode.emulator.{p['sensor']}"]
-                found = [ctx.lookup(k) for k in keys]
+                prefix = "sensornode.emulator."
+                found = [node for key, node in self.context().opened(prefix).items()
+                         if not p["sensor"] or key == prefix + p["sensor"]]
                 if not found:
                     raise LookupError(f"no emulated sensor node {p['sensor'] or ''} is running".replace("  ", " "))
                 return found

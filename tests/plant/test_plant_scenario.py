@@ -157,10 +157,10 @@ def test_the_scenario_ran_every_step_on_time(run: Run) -> None:
     labels = [label for _, label, result in run.runner.log if result == "ok"]
     assert labels == ["modbus_silent(bus=meter)", "end of modbus_silent(bus=meter)",
                       "bearing_fault(grow_s=100, severity=1.0)", "broker_outage", "end of broker_outage"]
-    for t, label, _ in run.runner.log:  # plant seconds: a step is late by at most a scheduling hiccup
+    for t, label, _ in run.runner.log:  # plant seconds: a step is late by a scheduling hiccup at most
         at = {"modbus": 40, "end of modbus": 60, "bearing": 80, "broker": 100, "end of broker": 120}
         key = next(k for k in sorted(at, key=len, reverse=True) if label.startswith(k))
-        assert at[key] <= t < at[key] + 3.0, (label, t)
+        assert at[key] <= t < at[key] + 5.0, (label, t)  # 1 s of real time
 
 
 def test_the_pipeline_kept_up_at_five_times_real_time(run: Run) -> None:

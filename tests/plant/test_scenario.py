@@ -4,6 +4,7 @@ accelerated clock."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,33 @@ def test_a_hook_that_is_missing_is_an_error_in_the_log_not_an_exception() -> Non
     assert "the agent does not own the broker" in results["broker_outage"]
     assert results["bearing_fault(grow_s=10, severity=1.0)"] == "ok" and runner.errors == 2
     assert plant.fault_severity(plant.now() + 20) == 1.0
+
+
+def test_a_usb_sensor_node_unplugged_by_the_scenario_is_found_again() -> None:
+    """Real time (the node's emulator runs on it): the firmware on a pty, unplugged for 1.5 s, then re-enumerated."""
+    plant = Plant()
+    ctx = HalContext(emulate=True, plant=plant)
+    node = open_source("sensornode", "fan_end", {"rate_hz": 1000, "block_size": 100}, ctx)
+    runner = ScenarioRunner(parse({"start": "run", "events": [
+        {"at": 1.0, "action": "sensornode_unplug", "sensor": "fan_end", "for": 1.5}]}, "t.toml"), plant, ctx)
+    blocks = []
+    try:
+        node.open()
+        runner.start()
+        deadline = time.monotonic() + 30  # a bound on a hang, not a timed assertion
+        while time.monotonic() < deadline and not (runner.done.is_set() and len(blocks) > 5
+                                                   and plant.t(blocks[-1].t0_ns) - runner.t0 > 3.5):
+            b = node.read_block(0.5)
+            if b is not None:
+                blocks.append(b)
+    finally:
+        runner.stop()
+        node.close()
+        ctx.close()
+    assert [result for _, _, result in runner.log] == ["ok", "ok"]
+    assert node.counters["link_faults"] >= 1 and node.counters["reconnects"] >= 1, node.counters
+    before = [b for b in blocks if plant.t(b.t0_ns) - runner.t0 < 0.9]
+    after = [b for b in blocks if plant.t(b.t0_ns) - runner.t0 > 2.6]
+    assert before and after
+    gaps = [b for b in blocks if b.gap]  # the time without the node is one gap, never glued over
+    assert len(gaps) == 1 and gaps[0].gap >= 1.5 * 1000 and plant.t(gaps[0].t0_ns) - runner.t0 >= 2.5, gaps
