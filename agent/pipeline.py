@@ -22,7 +22,7 @@ import numpy as np
 
 from agent.config import Config, SensorConfig
 from agent.outbox import Outbox
-from agent.processing import Processor, make_processor
+from agent.processing import Processor, ValueBoard, make_processor
 from agent.records import Emit
 from agent.stats import Stats
 from agent.uplink import Uplink
@@ -155,7 +155,8 @@ class Agent:
     def _build_acquisition(self, config: Config) -> None:
         """Drivers, readers and processors for `config` (constructed, not started). Raises on a driver error."""
         self.context = HalContext(emulate=config.emulate, buses=config.buses, plant=self.plant, clock=self.clock)
-        self.processors: dict[str, Processor] = {s.name: make_processor(s) for s in config.sensors}
+        self.board = ValueBoard()  # recent slow values (a tachometer's shaft speed) for this pipeline's windows
+        self.processors: dict[str, Processor] = {s.name: make_processor(s, self.board) for s in config.sensors}
         self._stop_readers = threading.Event()
         self._stop_processing = threading.Event()
         self.readers = [Reader(s, self.context, self._queue, self.stats, self._stop_readers) for s in config.sensors]
