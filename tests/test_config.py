@@ -147,3 +147,14 @@ def test_config_check_cli(tmp_path: Path) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "configuration OK" in r.stdout and "sensors:" in r.stdout
+
+
+def test_the_built_in_demo_is_the_emulated_plant_example() -> None:
+    """agent/demo.toml is examples/plant.toml with the agent id `demo`: one machine for the newcomer and the docs."""
+    import tomllib
+    demo = tomllib.loads((ROOT / "agent" / "demo.toml").read_text())
+    plant = tomllib.loads((ROOT / "examples" / "plant.toml").read_text())
+    assert demo["agent"]["id"] == "demo"
+    demo["agent"]["id"] = plant["agent"]["id"]
+    assert demo == plant
+    assert {s.name for s in load_demo().sensors} >= {"spindle_vibration", "bearing", "motor", "energy", "drive"}

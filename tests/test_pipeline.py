@@ -80,7 +80,7 @@ def test_cli_run_emulate_publishes_and_exits_cleanly_on_sigterm(broker, subscrib
                              "--state-dir", str(tmp_path / "state")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert sub.wait_for(lambda s: {"spindle_vibration", "bearing_temperature"} <= set(by_stream(s.records())),
+        assert sub.wait_for(lambda s: {"spindle_vibration", "bearing.temperature"} <= set(by_stream(s.records())),
                             60)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
