@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.config import DEFAULT_CONFIG_PATH, Config
+from agent.config import Config
 from agent.errors import ConfigError
 from agent.outbox import seq_ranges
 
@@ -47,7 +47,7 @@ def _config(args: argparse.Namespace, *, required: bool = False) -> Config | Non
         return load_config(getattr(args, "config", None), getattr(args, "emulate", False), quiet=True)
     except ConfigError as e:
         if required:
-            raise DiagError(f"invalid configuration:\n  " + "\n  ".join(e.problems), 2) from None
+            raise DiagError("invalid configuration:\n  " + "\n  ".join(e.problems), 2) from None
         return None
 
 
@@ -453,52 +453,20 @@ def purge(state_dir: Path, streams: list[str] | None, before_ns: int | None) -> 
     """Delete records (all, of some streams, or older than a time) and record every deleted range as a `gap`
     event on stream `outbox`, exactly as the outbox does when it drops records, so consumers see the hole.
     Returns {stream: [deleted seqs]}. The service must not be running."""
-    from agent.records import payload_json
-    from hal.types import now_ns
+    from agent.config import OutboxConfig
+    from agent.errors import OutboxError
+    from agent.outbox import Outbox
     path = state_dir / DB_NAME
     if not path.exists():
         raise DiagError(f"no outbox at {path}")
-    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
+    outbox = Outbox(state_dir, OutboxConfig())  # the outbox itself deletes and writes the gap events
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        sql = "SELECT id, stream, seq FROM records WHERE stream != ?"
-        params: list[Any] = [GAP_STREAM]
-        if streams:
-            sql += f" AND stream IN ({','.join('?' * len(streams))})"
-            params += streams
-        if before_ns is not None:
-            sql += " AND ts_ns < ?"
-            params.append(before_ns)
-        rows = conn.execute(sql, params).fetchall()
-        dropped: dict[str, list[int]] = {}
-        for _, stream, seq in rows:
-            dropped.setdefault(stream, []).append(seq)
-        for i in range(0, len(rows), 500):
-            chunk = [r[0] for r in rows[i:i + 500]]
-            conn.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-        if dropped:
-            row = conn.execute("SELECT next_seq FROM streams WHERE stream = ?", (GAP_STREAM,)).fetchone()
-            seq = row[0] if row else 0
-            ts = now_ns()
-            for stream, seqs in sorted(dropped.items()):
-                payload = {"event": "gap", "reason": "purged", "gap_stream": stream, "ranges": seq_ranges(seqs),
-                           "count": len(seqs)}
-                conn.execute("INSERT INTO records(stream, seq, ts_ns, kind, quality, payload) "
-                             "VALUES (?, ?, ?, 'event', 'good', ?)", (GAP_STREAM, seq, ts, payload_json(payload)))
-                seq += 1
-            conn.execute("INSERT INTO streams(stream, kind, next_seq) VALUES (?, 'event', ?) "
-                         "ON CONFLICT(stream) DO UPDATE SET next_seq = excluded.next_seq", (GAP_STREAM, seq))
-        conn.execute("COMMIT")
-        if dropped:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            conn.execute("VACUUM")
-        return dropped
-    except sqlite3.Error as e:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise DiagError(f"cannot purge {path}: {e}") from None
+        outbox.open()
+        return outbox.purge(streams, before_ns)
+    except OutboxError as e:
+        raise DiagError(str(e)) from None
     finally:
-        conn.close()
+        outbox.stop()
 
 
 def cmd_buffer_purge(args: argparse.Namespace) -> int:

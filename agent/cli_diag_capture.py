@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import sys
 import threading
 import time
 from dataclasses import dataclass, field

@@ -20,7 +20,6 @@ import shutil
 import socket
 import ssl
 import stat
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -478,7 +477,7 @@ def probe_broker(config: Config, timeout: float) -> tuple[str, str, str]:
         try:
             with socket.create_connection((b.host, b.port), timeout=timeout) as s, \
                     ctx.wrap_socket(s, server_hostname=b.host) as tls:
-                version = tls.version()
+                tls.version()  # the handshake completed
         except ssl.SSLCertVerificationError as e:
             return FAIL, f"{b.url}: TLS certificate not trusted: {e.verify_message}", (
                 "set mqtt.ca_file to the CA that signed the broker's certificate; check the host name in mqtt.url "

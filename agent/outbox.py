@@ -423,8 +423,33 @@ class Outbox:
             self.stats.inc("outbox_gap_events")
         return rows
 
-    def _drop(self, where: str, params: tuple[Any, ...], reason: str) -> int:
-        """Delete the records matching `where` (never gap events) in one transaction, with their gap events."""
+    def purge(self, streams: list[str] | None = None, before_ns: int | None = None) -> dict[str, list[int]]:
+        """Delete unsent records (all, of some streams, and/or older than a time) for `edge-agent buffer purge`,
+        with gap events (reason `purged`) naming every deleted range. Only on an opened outbox whose writer is not
+        running (the service stopped). Returns {stream: [deleted seqs]}."""
+        if self._conn is None or self._thread is not None:
+            raise OutboxError(f"purge needs the outbox {self.path} opened and not running")
+        where, params = "1", []
+        if streams:
+            where += f" AND stream IN ({','.join('?' * len(streams))})"
+            params += list(streams)
+        if before_ns is not None:
+            where += " AND ts_ns < ?"
+            params.append(before_ns)
+        try:
+            dropped = self._drop(where, tuple(params), "purged")
+            if dropped:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._conn.execute("VACUUM")  # give the space back to the SD card
+        except sqlite3.Error as e:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise OutboxError(f"cannot purge {self.path}: {e}") from e
+        return dropped
+
+    def _drop(self, where: str, params: tuple[Any, ...], reason: str) -> dict[str, list[int]]:
+        """Delete the records matching `where` (never gap events) in one transaction, with their gap events.
+        Returns {stream: [dropped seqs]}."""
         assert self._conn is not None
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
@@ -432,7 +457,7 @@ class Outbox:
                             (GAP_STREAM, *params)).fetchall()
         if not rows:
             conn.execute("ROLLBACK")
-            return 0
+            return {}
         dropped: dict[str, list[int]] = defaultdict(list)
         for _, stream, seq in rows:
             dropped[stream].append(seq)
@@ -455,14 +480,14 @@ class Outbox:
         self.stats.set("outbox_depth", self._depth)
         for ev in self._listeners:
             ev.set()
-        return len(ids)
+        return dict(dropped)
 
     def _enforce_bounds(self) -> None:
         """Age bound (`max_age_h`), then drop_oldest: while over the size bound, delete the oldest records; every
         dropped range is published as a gap event."""
         if self.config.max_age_h > 0:
             cutoff = now_ns() - int(self.config.max_age_h * 3600e9)
-            n = self._drop("ts_ns < ?", (cutoff,), "expired")
+            n = sum(map(len, self._drop("ts_ns < ?", (cutoff,), "expired").values()))
             if n:
                 self.stats.inc("outbox_dropped_expired", n)
                 log.warning("outbox: dropped %d records older than %g h (published as gap events)", n,
@@ -478,7 +503,7 @@ class Outbox:
                                      "LIMIT ?)", (GAP_STREAM, chunk)).fetchone()
             if row[0] is None:
                 break
-            n = self._drop("id <= ?", (row[0],), "outbox_full")
+            n = sum(map(len, self._drop("id <= ?", (row[0],), "outbox_full").values()))
             self.stats.inc("outbox_dropped_oldest", n)
             if not n:
                 break

@@ -120,13 +120,12 @@ def emulation(rate: int, channels: int, seconds: float) -> tuple[int, int, float
         for _ in range(3):  # settle
             drv.read_block(1.0)
         c0, w0 = cpu(), time.perf_counter()
-        first = last = None
+        first = None
         while time.perf_counter() - w0 < seconds:
             b = drv.read_block(0.5)
             if b is not None:
                 got += len(b)
                 first = first if first is not None else b.t0_ns
-                last = b.t0_ns + b.duration_ns
         wall = time.perf_counter() - w0
         used = cpu() - c0
         counters = drv.counters

@@ -36,8 +36,6 @@ CACHE = tempfile.mkdtemp(prefix="bench-numba-")
 os.environ["NUMBA_CACHE_DIR"] = CACHE  # a private cache: the start-up measurement controls cold vs warm
 
 import numpy as np  # noqa: E402
-import scipy.signal  # noqa: E402
-import scipy.stats  # noqa: E402
 import signal_reference as ref  # noqa: E402
 from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 from signal_simulate import bearing_fault  # noqa: E402
@@ -323,7 +321,7 @@ def main() -> int:
     print(f"\nfull feature set, one {N}-sample window at {RATE:g} Hz (implementations agree to {worst:.1e}; "
           "best of 7 batches of process CPU time):")
     print("| implementation | CPU µs per window | Numba speed-up |")
-    print(f"|---|---:|---:|")
+    print("|---|---:|---:|")
     print(f"| Numba kernel (`analyze_window`), 1 axis | {t_numba:.0f} | 1× |")
     print(f"| Numba kernel, 3 axes in one call | {t_numba3:.0f} ({t_numba3 / 3:.0f} per axis) | |")
     print(f"| plain NumPy/SciPy | {t_plain:.0f} | {t_plain / t_numba:.1f}× |")

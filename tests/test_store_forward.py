@@ -5,7 +5,6 @@ A consumer checks every (agent, stream, seq): no gaps; duplicates are counted an
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sqlite3
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent_helpers import run_agent, small_config, wait
-from tests.mqtt_helpers import MosquittoBroker, Subscriber, by_stream, free_port
+from tests.mqtt_helpers import MosquittoBroker, by_stream, free_port
 
 
 def check_complete(records: list[dict], expected_next: dict[str, int] | None = None) -> int:

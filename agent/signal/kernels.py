@@ -60,8 +60,8 @@ def _prepare_numba() -> None:
 _prepare_numba()
 
 from agent.signal.layout import (
-    BANDS0, BPFI, BPFI_SB, BPFO, BSF, CLEARANCE, CREST, DOMINANT_HZ, ENV_HI_HZ, ENV_LO_HZ, ENV_PEAK_HZ, ENV_RMS,
-    FTF, IMPULSE, KURTOSIS, MEAN, P2P, PEAK, RMS, SHAPE, SK_MAX, SK_MAX_HZ, SKEWNESS, VELOCITY_RMS,
+    BANDS0, BPFI_SB, BPFO, CLEARANCE, CREST, DOMINANT_HZ, ENV_HI_HZ, ENV_LO_HZ, ENV_PEAK_HZ, ENV_RMS,
+    IMPULSE, KURTOSIS, MEAN, P2P, PEAK, RMS, SHAPE, SK_MAX, SK_MAX_HZ, SKEWNESS, VELOCITY_RMS,
 )
 
 # reassociation and contraction let LLVM vectorise the reductions; NaN and infinity semantics are kept (no

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from agent.service import read_status
 from tests.service.helpers import NotifyListener
