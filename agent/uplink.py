@@ -55,6 +55,8 @@ class Uplink:
         self.prefix = self.mqtt.prefix
         self.status_topic = f"{self.prefix}/{self.agent_id}/status"
         self._ready = False  # a session is up and the wire format allows data (JSON: at CONNACK)
+        self._reconnect_requested = False
+        self._reconnect_after: mqtt.MQTTMessageInfo | None = None
         self.format: WireFormat = self._make_format()
         self._client = self._make_client()
         self._thread: threading.Thread | None = None
@@ -155,9 +157,31 @@ class Uplink:
                          end - self._backlog_cursor)
         self._ready = ready
 
-    def reconnect(self) -> None:
-        """Drop the connection (after the format published what it had to); the loop connects again."""
-        self._client.disconnect()
+    def reconnect(self, after: mqtt.MQTTMessageInfo | None = None) -> None:
+        """Drop the connection with a clean DISCONNECT (the broker then discards the Last Will), once `after` (a
+        QoS 1 message just published) is acknowledged; the loop then connects again. Safe in a paho callback."""
+        self._reconnect_requested = True
+        self._reconnect_after = after
+
+    def _disconnect_cleanly(self) -> None:
+        self._reconnect_requested = False
+        after, self._reconnect_after = self._reconnect_after, None
+        deadline = time.monotonic() + 2.0
+        # wait for the broker's PUBACK first: closing a socket with unread data sends a TCP reset, and the broker
+        # may then lose our DISCONNECT and publish the Will as well
+        while after is not None and not after.is_published() and time.monotonic() < deadline:
+            if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        self._session_up = False  # intended: not reported as a lost link
+        self._ready = False
+        self.connected.clear()
+        self.stats.set("link", "down")
+        self._client.disconnect()  # queued behind what was published before: written in order
+        deadline = time.monotonic() + 2.0
+        while self._client.socket() is not None and time.monotonic() < deadline:
+            if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        self._sock_open = False
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
@@ -304,6 +328,9 @@ class Uplink:
                     continue
             rc = self._client.loop(timeout=0.05)
             self._handle_acks()
+            if self._reconnect_requested:
+                self._disconnect_cleanly()
+                continue
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._sock_open = False
                 if not self._session_up and not self._last_error.startswith("broker refused"):

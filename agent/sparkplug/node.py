@@ -392,10 +392,10 @@ class SparkplugFormat:
             log.warning("primary host %s went offline: NDEATH, keep storing, wait for it to return", self.primary)
             self.host_online = False
             self.uplink.set_ready(False)
-            client.publish(self.topic("NDEATH"), self._ndeath(), qos=1)
+            info = client.publish(self.topic("NDEATH"), self._ndeath(), qos=1)
             self.node_born = False
             self.stats.inc("sparkplug_host_offline")
-            self.uplink.reconnect()  # a new session and bdSeq; born again when the host is back
+            self.uplink.reconnect(after=info)  # a new session and bdSeq; born again when the host is back
 
     def _on_ncmd(self, client: mqtt.Client, payload: bytes) -> None:
         p = Payload.FromString(payload)
