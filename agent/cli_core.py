@@ -64,6 +64,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.pipeline import Agent  # heavy imports (numba, paho) only now
 
     config_path = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None)
+    if config.source == "<built-in demo>" and getattr(args, "scenario", None) is None:
+        # the newcomer's first minute: a believable shift (a healthy machine cycling, then faults), not a machine
+        # frozen at one operating point; `--scenario none` runs the plant at constant speed
+        args.scenario = "demo"
+        log.info("built-in demo: playing the 'demo' scenario (a shift with faults; --scenario none to turn it off)")
+    if getattr(args, "scenario", None) == "none":
+        args.scenario = None
     try:
         clock, plant, scenario = _emulation(args, config)
     except ConfigError as e:
@@ -210,7 +217,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--drain-s", type=float, default=3.0, metavar="S",
                      help="at shutdown, keep publishing the outbox for up to S seconds (default 3)")
     run.add_argument("--scenario", metavar="NAME|FILE",
-                     help="emulation: play a scenario on the plant (shipped: bearing-wear, demo, faults, shift; "
+                     help="emulation: play a scenario on the plant (the built-in demo plays 'demo'; none: no "
+                          "scenario; shipped: bearing-wear, demo, faults, shift; "
                           "or a .toml file; see docs/plant.md)")
     run.add_argument("--speed", type=float, default=1.0, metavar="X",
                      help="emulation: run plant time X times faster than real time (records carry plant time)")
