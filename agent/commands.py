@@ -136,16 +136,12 @@ class CommandHandler:
             raise CommandError("out_of_range", f"expected \"seconds\" greater than 0 and at most "
                                                f"{self.config.capture_max_s:g}, got {seconds!r}")
         try:
-            req = self.agent.request_capture(sensor, float(seconds))
+            emit = self.agent.capture(sensor, float(seconds), timeout_s=float(seconds) * 3 + 5)
         except ValueError as e:
             raise CommandError("bad_argument", str(e)) from None
-        if not req.done.wait(float(seconds) * 3 + 5):
-            with self.agent._captures_lock:
-                if req in self.agent._captures:
-                    self.agent._captures.remove(req)
-            raise CommandError("timeout", f"sensor {sensor} delivered {req.have} of {req.samples_needed} samples")
-        assert req.emit is not None
-        return {"stream": req.emit.stream, "samples": req.emit.payload["n"], "rate_hz": req.emit.payload["rate_hz"]}
+        except TimeoutError as e:
+            raise CommandError("timeout", str(e)) from None
+        return {"stream": emit.stream, "samples": emit.payload["n"], "rate_hz": emit.payload["rate_hz"]}
 
     def _cmd_set(self, request: dict[str, Any]) -> dict[str, Any]:
         target = request.get("target")

@@ -156,20 +156,8 @@ class CpuMeter:
 
 
 def stage_ages(stats: Any) -> dict[str, float]:
-    """Seconds since each stage last went round its loop ("loop lag").
-
-    Uses `Stats.progress_ages()` when the stats object has it; otherwise reads the progress table directly.
-    """
-    ages = getattr(stats, "progress_ages", None)
-    if callable(ages):
-        return {k: round(float(v), 3) for k, v in ages().items()}
-    table = getattr(stats, "_progress", None)
-    lock = getattr(stats, "_lock", None)
-    if table is None or lock is None:
-        return {}
-    now = time.monotonic()
-    with lock:
-        return {k: round(now - t, 3) for k, t in sorted(table.items())}
+    """Seconds since each stage last went round its loop ("loop lag")."""
+    return {k: round(float(v), 3) for k, v in sorted(stats.progress_ages().items())}
 
 
 def live_stage_ages(agent: Any) -> dict[str, float]:
@@ -198,17 +186,8 @@ def drops(snapshot: dict[str, Any]) -> dict[str, int]:
 
 
 def queue_depths(agent: Any) -> dict[str, int]:
-    """Depths of the bounded queues between stages: `Agent.queue_depths()` if present, else what is visible."""
-    fn = getattr(agent, "queue_depths", None)
-    if callable(fn):
-        return dict(fn())
-    out: dict[str, int] = {}
-    for name, obj in (("processing", getattr(agent, "_queue", None)),
-                      ("outbox", getattr(getattr(agent, "outbox", None), "_queue", None))):
-        qsize = getattr(obj, "qsize", None)
-        if callable(qsize):
-            out[name] = int(qsize())
-    return out
+    """Depths of the bounded queues between stages."""
+    return dict(agent.queue_depths())
 
 
 @dataclass

@@ -113,7 +113,6 @@ class CaptureRequest:
     blocks: list[Block] = field(default_factory=list)
     have: int = 0
     done: threading.Event = field(default_factory=threading.Event)
-    error: str | None = None
     emit: Emit | None = None
 
 
@@ -219,6 +218,20 @@ class Agent:
         with self._captures_lock:
             self._captures.append(req)
         return req
+
+    def capture(self, sensor: str, seconds: float, timeout_s: float) -> Emit:
+        """Record `seconds` of raw samples of a stream sensor (the `capture` record is also committed to the outbox
+        and published). Raises ValueError for a sensor that cannot be captured, TimeoutError when the samples do
+        not arrive within `timeout_s`."""
+        req = self.request_capture(sensor, seconds)
+        if not req.done.wait(timeout_s):
+            with self._captures_lock:
+                if req in self._captures:
+                    self._captures.remove(req)
+            raise TimeoutError(f"sensor {sensor} delivered {req.have} of {req.samples_needed} samples within "
+                               f"{timeout_s:g} s (is it delivering? see `edge-agent status`)")
+        assert req.emit is not None
+        return req.emit
 
     def _feed_captures(self, sensor: str, block: Block) -> None:
         with self._captures_lock:

@@ -129,8 +129,8 @@ def monotonic_usec() -> int:
 class StreamTap:
     """Watches the records the pipeline emits: the last value and actual rate per stream, gaps and gap events.
 
-    Installed on `agent.outbox` (through `Outbox.add_observer` when it exists, else by wrapping `put`). Cheap: a
-    dict update and a deque append per record, on the producing thread.
+    Installed on `agent.outbox` through `Outbox.add_observer`. Cheap: a dict update and a deque append per record,
+    on the producing thread.
     """
 
     def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
@@ -147,19 +147,7 @@ class StreamTap:
     def install(self, outbox: Any) -> None:
         if outbox is self._installed_on:
             return
-        add = getattr(outbox, "add_observer", None)
-        if callable(add):
-            add(self.observe)
-        else:
-            original = outbox.put
-
-            def put(emit: Emit, _orig: Callable[[Emit], bool] = original) -> bool:
-                ok = _orig(emit)
-                if ok:
-                    self.observe(emit)
-                return ok
-
-            outbox.put = put
+        outbox.add_observer(self.observe)
         self._installed_on = outbox
 
     def observe(self, emit: Emit) -> None:
@@ -523,7 +511,6 @@ class Service:
                            "STATUS=reloading the configuration")
 
     def reloaded(self, ok: bool, message: str) -> None:
-        self.tap.install(self.agent.outbox)  # a reload may have replaced the outbox object
         if ok:
             log.info("configuration reloaded: %s", message)
             status = f"reloaded: {message}; {self._status_line()}"
@@ -636,20 +623,11 @@ class Service:
         if not isinstance(sensor, str) or not isinstance(seconds, (int, float)) or isinstance(seconds, bool) \
                 or not 0 < seconds <= 60:
             return {"error": "expected {\"sensor\": NAME, \"seconds\": S} with 0 < S <= 60"}
-        request_capture = getattr(self.agent, "request_capture", None)
-        if request_capture is None:
-            return {"error": "this agent version cannot capture while running"}
         try:
-            pending = request_capture(sensor, float(seconds))
-        except ValueError as e:
+            emit = self.agent.capture(sensor, float(seconds), timeout_s=seconds * 2 + 10)
+        except (ValueError, TimeoutError) as e:
             return {"error": str(e)}
-        if not pending.done.wait(seconds * 2 + 10):
-            return {"error": f"no complete {seconds:g} s window of {sensor} within {seconds * 2 + 10:g} s "
-                             "(is the sensor delivering? see `edge-agent status`)"}
-        if pending.error or pending.emit is None:
-            return {"error": pending.error or "capture failed"}
-        return {"capture": pending.emit.payload, "ts": iso_ts(pending.emit.ts_ns),
-                "quality": str(pending.emit.quality)}
+        return {"capture": emit.payload, "ts": iso_ts(emit.ts_ns), "quality": str(emit.quality)}
 
     # -- the status document ----------------------------------------------------------------------------------
 

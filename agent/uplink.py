@@ -60,7 +60,6 @@ class Uplink:
         self.format: WireFormat = self._make_format()
         self._client = self._make_client()
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self._drain_deadline: float | None = None
         self._new_data = outbox.subscribe()
         self._reader: OutboxReader | None = None
@@ -77,10 +76,9 @@ class Uplink:
         self._cursor = 0  # highest record id handed to paho on the live path
         self._backlog_cursor = 0
         self._backlog_end = 0  # records with id <= this are historical; 0: no backlog
+        self._cursor_behind = True  # the last fetch filled the window: more records may be waiting
         self._down_reported = False
-        self._ever_connected = False
         self._last_error = ""
-        self.connected = threading.Event()
 
     # -- paho ------------------------------------------------------------------------------------------------
 
@@ -139,8 +137,6 @@ class Uplink:
         log.info("connected to %s as %s; %d records in the outbox", self.mqtt.broker.url, self.agent_id,
                  self.outbox.depth)
         self._down_reported = False
-        self._ever_connected = True
-        self.connected.set()
         if self.format.on_connect(client):
             self.set_ready(True)
 
@@ -174,7 +170,6 @@ class Uplink:
                 break
         self._session_up = False  # intended: not reported as a lost link
         self._ready = False
-        self.connected.clear()
         self.stats.set("link", "down")
         self._client.disconnect()  # queued behind what was published before: written in order
         deadline = time.monotonic() + 2.0
@@ -188,7 +183,6 @@ class Uplink:
         was_up = self._session_up
         self._session_up = False
         self._ready = False
-        self.connected.clear()
         self.stats.set("link", "down")
         if was_up and self._drain_deadline is None:
             self.stats.inc("uplink_disconnects")
@@ -224,7 +218,6 @@ class Uplink:
 
     def start(self) -> None:
         self._reader = self.outbox.reader()
-        self._stop.clear()
         self.stats.set("link", "down")
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
         self._thread.start()
@@ -377,7 +370,6 @@ class Uplink:
             except Exception:
                 pass
         self.stats.set("link", "down")
-        self.connected.clear()
 
     def _handle_acks(self) -> None:
         if not self._acked_mids:
@@ -467,8 +459,6 @@ class Uplink:
                 log.info("backlog published")
                 self._backlog_end = 0
         self.stats.set("uplink_inflight", len(self._inflight))
-
-    _cursor_behind = True
 
     @property
     def last_error(self) -> str:
