@@ -45,6 +45,9 @@ main() {
         case " $ALL_PARTS " in *" $p "*) ;; *) die "unknown part '$p' (parts: $ALL_PARTS)" ;; esac
     done
     mkdir -p "$CACHE" "$LOGDIR"
+    # one lab at a time per cache: the runs share roots, run directories and mounts
+    exec 9>"$CACHE/.lock"
+    flock -n 9 || { echo "[lab] waiting for another field lab run to finish ($CACHE/.lock)" >&2; flock 9; }
     trap cleanup EXIT
     trap 'exit 130' INT TERM
     say "field lab: parts ${parts[*]}; cache $CACHE; logs $LOGDIR"

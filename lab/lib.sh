@@ -40,7 +40,7 @@ cleanup() {
     run_cleanups
     # belt and braces: nothing of ours may stay mounted under the cache
     local m
-    for m in $(awk -v c="$CACHE/" 'index($2, c) == 1 {print $2}' /proc/mounts | sort -r); do
+    for m in $(awk -v c="$CACHE/run/" 'index($2, c) == 1 {print $2}' /proc/mounts | sort -r); do
         umount -l "$m" 2>/dev/null && echo "[lab] unmounted leftover $m" >&2
     done
     return $rc

@@ -40,7 +40,7 @@ qemu_prepare() {
     say "install.sh --no-start in the guest root (pip into /opt/edge-agent/venv, warmup; log $LOGDIR/$name-install.log)"
     local pipenv=() v
     while IFS= read -r v; do pipenv+=("--setenv=$v"); done < <(env | grep -E '^PIP_[A-Z_]+=' || true)
-    if ! systemd-nspawn -q --register=no -D "$QROOT" "${binds[@]}" "${pipenv[@]}" \
+    if ! systemd-nspawn -q --register=no --keep-unit -D "$QROOT" "${binds[@]}" "${pipenv[@]}" \
             bash -c 'bash /root/edge-agent/systemd/install.sh --no-start && systemctl enable systemd-networkd edgelab-check edgelab-final edgelab-i2c edgelab-soak' \
             </dev/null >"$LOGDIR/$name-install.log" 2>&1; then
         tail -n 30 "$LOGDIR/$name-install.log" >&2; fail "install.sh in the guest root failed"
@@ -67,12 +67,12 @@ host_broker() {
 
 # qemu_boot MODE LOG: boot the disk in the background (QEMU_PID); the kernel command line carries edgelab=MODE
 qemu_boot() {
-    local mode="$1" log="$2"
+    local mode="$1" log="$2" extra="${3:-}"
     local net="user,id=n0,restrict=on"
     [ -n "${BROKER_PORT:-}" ] && net="$net,guestfwd=tcp:10.0.2.100:1883-cmd:socat STDIO TCP:127.0.0.1:$BROKER_PORT"
     qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$QEMU_MEM" -display none -no-reboot -nodefaults \
         -serial "file:$log" -kernel "$QKERNEL" -initrd "$QINITRD" \
-        -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 edgelab=$mode systemd.show_status=0" \
+        -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 edgelab=$mode systemd.show_status=0 $extra" \
         -drive "file=$QRUN/disk.raw,format=raw,if=virtio" \
         -netdev "$net" -device virtio-net-pci,netdev=n0 -device virtio-rng-pci \
         </dev/null >>"$log.qemu" 2>&1 &
@@ -144,7 +144,7 @@ part_powercut() {
     RANDOM=$seed
     qemu_prepare qemu-powercut
     printf '%s' "$POWERCUT_CONFIG" >"$QROOT/etc/edge-agent/agent.toml"
-    systemd-nspawn -q --register=no -D "$QROOT" bash -c 'chown root:edge-agent /etc/edge-agent/agent.toml && chmod 0640 /etc/edge-agent/agent.toml && /opt/edge-agent/venv/bin/edge-agent config check /etc/edge-agent/agent.toml && systemctl enable edge-agent' \
+    systemd-nspawn -q --register=no --keep-unit -D "$QROOT" bash -c 'chown root:edge-agent /etc/edge-agent/agent.toml && chmod 0640 /etc/edge-agent/agent.toml && /opt/edge-agent/venv/bin/edge-agent config check /etc/edge-agent/agent.toml && systemctl enable edge-agent' \
         >"$LOGDIR/powercut-enable.log" 2>&1 || { cat "$LOGDIR/powercut-enable.log" >&2; fail "config check / enable in the guest root failed"; }
     qemu_disk
     host_broker
@@ -179,4 +179,43 @@ part_powercut() {
     kill "$sub" 2>/dev/null || true
     edgelab_line "$log" final >"$LOGDIR/powercut-final.json"
     python3 "$HERE/account.py" "$recv" "$LOGDIR/powercut-boots.txt" "$LOGDIR/powercut-final.json"
+}
+
+part_soak() {
+    local secs="${SOAK_SECONDS:-600}"
+    qemu_prepare qemu-soak
+    host_broker
+    # the shipped plant config, its broker the lab's
+    sed 's|^url = "mqtt://localhost:1883"|url = "mqtt://10.0.2.100:1883"|' "$REPO/examples/plant.toml" >"$QROOT/etc/edge-agent/agent.toml"
+    systemd-nspawn -q --register=no --keep-unit -D "$QROOT" bash -c 'chown root:edge-agent /etc/edge-agent/agent.toml && chmod 0640 /etc/edge-agent/agent.toml && /opt/edge-agent/venv/bin/edge-agent config check /etc/edge-agent/agent.toml && systemctl enable edge-agent' \
+        >"$LOGDIR/soak-enable.log" 2>&1 || { cat "$LOGDIR/soak-enable.log" >&2; fail "config check / enable in the guest root failed"; }
+    qemu_disk
+    local recv="$LOGDIR/soak-received.txt" log="$LOGDIR/soak-console.log"
+    mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -q 1 -t 'edge/#' -v >"$recv" 2>/dev/null &
+    local sub=$!
+    on_cleanup "kill $sub 2>/dev/null || true"
+    say "examples/plant.toml under the unit's MemoryMax for ${secs}s in the guest (console $log)"
+    qemu_boot soak "$log" "edgelab.soak=$secs"
+    wait_for $(( secs + 1200 )) "the guest's soak report" console_has "$log" 'EDGELAB soak '
+    wait_for 300 "the guest powered off" qemu_gone
+    kill "$sub" 2>/dev/null || true
+    edgelab_line "$log" soak >"$LOGDIR/soak.json"
+    python3 - "$LOGDIR/soak.json" "$recv" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+n = sum(1 for _ in open(sys.argv[2], errors="replace"))
+ev, unit = r["memory_events"], dict(kv.split("=", 1) for kv in r["unit"])
+peak = max((s["peak"] or s["current"] or 0) for s in r["samples"]) if r["samples"] else None
+print(f"[lab]   cgroup v2: {r['cgroup2']}; memory.max {r['memory_max']}; peak {peak and peak / 2**20:.0f} MiB; "
+      f"memory.events {ev}; unit {unit}; {n} messages on the broker")
+bad = []
+if not r["cgroup2"]: bad.append("not cgroup v2")
+if r["memory_max"] in (None, "max"): bad.append("MemoryMax not applied to the unit's cgroup")
+if ev.get("oom_kill", 0) or ev.get("oom", 0) or ev.get("max", 0): bad.append(f"hit MemoryMax: {ev}")
+if ev.get("high", 0): bad.append(f"throttled at MemoryHigh: high={ev['high']}")
+if unit.get("NRestarts") != "0" or unit.get("ActiveState") != "active": bad.append(f"unit {unit}")
+if n < 100: bad.append(f"only {n} messages reached the broker")
+for b in bad: print(f"[lab]   FAILED: {b}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
 }

@@ -6,7 +6,7 @@ SYSTEMD_PKGS="systemd,systemd-sysv,dbus,python3-venv,mosquitto,ca-certificates,p
 # ct_boot ROOT NAME: boot ROOT in the background; sets CT_PID (nspawn) and CT_LEADER (the container's PID 1)
 ct_boot() {
     local root="$1" name="$2"; shift 2
-    setsid systemd-nspawn -q --register=no --console=read-only -D "$root" -M "$name" "$@" -b \
+    setsid systemd-nspawn -q --register=no --keep-unit --console=read-only -D "$root" -M "$name" "$@" -b \
         </dev/null >"$LOGDIR/$name-console.log" 2>&1 &
     CT_PID=$!
     on_cleanup "ct_stop $CT_PID"
