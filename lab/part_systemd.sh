@@ -32,16 +32,16 @@ in_ct() {
     local envs=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb)
     local v
     while IFS= read -r v; do envs+=("$v"); done < <(env | grep -E '^PIP_[A-Z_]+=' || true)
-    nsenter --target "$CT_LEADER" --mount --uts --ipc --net --pid --root --wd=/ env -i "${envs[@]}" "$@"
+    nsenter --target "$CT_LEADER" --mount --uts --ipc --net --pid --root --wd env -i "${envs[@]}" "$@"
 }
 unit_prop() { in_ct systemctl show -p "$2" --value "$1"; }
 journal_has() { in_ct journalctl -q -u edge-agent --since "@$1" --no-pager | grep -qE -- "$2"; }
 restarted_since() { [ "$(unit_prop edge-agent NRestarts)" -gt "$1" ] && [ "$(unit_prop edge-agent ActiveState)" = active ]; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# broker_sees PORT N SECONDS: N messages under edge/# within SECONDS
+# broker_sees PORT N SECONDS: N fresh messages (not retained ones) under edge/# within SECONDS
 broker_sees() {
     local n
-    n=$(timeout "$(( $3 + 5 ))" mosquitto_sub -h 127.0.0.1 -p "$1" -t 'edge/#' -C "$2" -W "$3" 2>/dev/null | wc -l || true)
+    n=$(timeout "$(( $3 + 5 ))" mosquitto_sub -R -h 127.0.0.1 -p "$1" -t 'edge/#' -C "$2" -W "$3" 2>/dev/null | wc -l || true)
     [ "$n" -ge "$2" ]
 }
 
@@ -104,7 +104,7 @@ part_systemd() {
     in_ct systemctl show -p StatusText --value edge-agent | sed 's/^/[lab]   status: /'
 
     wait_for 120 "records from the service on the broker" broker_sees "$port" 3 30
-    check "data on the broker: $(timeout 40 mosquitto_sub -h 127.0.0.1 -p "$port" -t 'edge/#' -C 1 -W 30 -v | cut -c1-140)"
+    check "data on the broker: $(timeout 40 mosquitto_sub -R -h 127.0.0.1 -p "$port" -t 'edge/#' -C 1 -W 30 -v | cut -c1-140)"
 
     # -- device access through SupplementaryGroups, with the unit's own user, groups and device policy --------------
     # /dev/i2c-0 (char 89:0, root:i2c 0660) has no driver behind it here: ENXIO/ENODEV means the open got past the
