@@ -7,7 +7,7 @@ die() { echo "[lab] ERROR: $*" >&2; exit 1; }
 # a part that cannot run on this machine: loud, and a failure under CI=true (main maps 77)
 cannot() { echo "[lab] CANNOT RUN: $*" >&2; exit 77; }
 result() { printf '%-10s %-34s %s\n' "$1" "$2" "$3" | tee -a "$LOGDIR/results"; }
-check() { echo "[lab]   ok: $*"; }
+check() { echo "[lab $(date -u +%H:%M:%S)]   ok: $*"; }
 fail() { echo "[lab]   FAILED: $*" >&2; exit 1; }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every second until it succeeds; fail naming what did not happen
@@ -20,7 +20,7 @@ wait_for() {
         fi
         sleep 1
     done
-    echo "[lab]   after $(( $(date +%s) - t0 ))s: $what"
+    echo "[lab $(date -u +%H:%M:%S)]   after $(( $(date +%s) - t0 ))s: $what"
 }
 
 # -- cleanup: every mount, process and binfmt entry is registered here the moment it exists ---------------------------

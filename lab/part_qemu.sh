@@ -11,40 +11,57 @@ QEMU_MEM="${QEMU_MEM:-1536}"
 # install.sh (--no-start) and the lab's units; the caller writes the config and enables what the part needs, then
 # calls qemu_disk. Sets QROOT and QRUN.
 qemu_prepare() {
-    local name="$1" base binds=() d
+    local name="$1" base
     need_host_packages debootstrap systemd-container qemu-system-x86 qemu-utils socat mosquitto mosquitto-clients e2fsprogs
     command -v qemu-system-x86_64 >/dev/null || cannot "qemu-system-x86_64 is missing (apt-get install qemu-system-x86)"
     base=$(build_root "guest-amd64" amd64 "$GUEST_PKGS")
     ls "$base"/boot/vmlinuz-* >/dev/null 2>&1 || die "no kernel in $base/boot"
+    # the project installed into the guest root once per commit (and lab version); the parts copy it
+    local key installed
+    key="$(git -C "$REPO" rev-parse HEAD)-$(cat "$HERE"/guest/* "$HERE/part_qemu.sh" | sha256sum | cut -c1-12)"
+    installed="$CACHE/prepared/guest-$key"
+    if [ ! -f "$installed/.lab-prepared" ]; then
+        rm -rf "$CACHE/prepared"; mkdir -p "$CACHE/prepared"
+        cp -a "$base" "$installed"
+        qemu_install "$installed" "$name"
+        touch "$installed/.lab-prepared"
+    else
+        echo "[lab] guest root with this commit installed: $installed" >&2
+    fi
     QRUN="$CACHE/run/$name"
     QROOT="$QRUN/root"
     rm -rf "$QRUN"; mkdir -p "$QRUN"
     on_cleanup "rm -rf '$QRUN'"
-    say "fresh copy of the guest root into $QROOT"
-    cp -a "$base" "$QROOT"
-    while read -r d; do binds+=("--bind-ro=$d"); done < <(copy_pip_config "$QROOT")
+    say "fresh copy of the installed guest root into $QROOT"
+    cp -a "$installed" "$QROOT"
+}
+
+# qemu_install ROOT NAME: the fresh clone installed into ROOT by install.sh --no-start, the lab's units and files
+qemu_install() {
+    local root="$1" name="$2" binds=() d
+    while read -r d; do binds+=("--bind-ro=$d"); done < <(copy_pip_config "$root")
     mkdir -p "$CACHE/pip/amd64"
     binds+=("--bind=$CACHE/pip/amd64:/root/.cache/pip")
-    fresh_clone "$QROOT/root/edge-agent"
-    mkdir -p "$QROOT/usr/local/lib/edgelab" "$QROOT/etc/edge-agent"
-    install -m 0755 "$HERE/guest/edgelab.py" "$QROOT/usr/local/lib/edgelab/edgelab.py"
+    fresh_clone "$root/root/edge-agent"
+    mkdir -p "$root/usr/local/lib/edgelab" "$root/etc/edge-agent"
+    install -m 0755 "$HERE/guest/edgelab.py" "$root/usr/local/lib/edgelab/edgelab.py"
     local u
     for u in check final i2c soak; do
-        install -m 0644 "$HERE/guest/edgelab-$u.service" "$QROOT/etc/systemd/system/edgelab-$u.service"
+        install -m 0644 "$HERE/guest/edgelab-$u.service" "$root/etc/systemd/system/edgelab-$u.service"
     done
     # network: a static address on qemu's user network (no DHCP wait); the broker is 10.0.2.100
-    mkdir -p "$QROOT/etc/systemd/network"
-    printf '[Match]\nName=eth0\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n' >"$QROOT/etc/systemd/network/10-lab.network"
-    printf '/dev/vda / ext4 defaults 0 1\n' >"$QROOT/etc/fstab"
-    # the power cut must not wait on a stale random seed or a long fsck
+    mkdir -p "$root/etc/systemd/network"
+    printf '[Match]\nName=eth0\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n' >"$root/etc/systemd/network/10-lab.network"
+    printf '/dev/vda / ext4 defaults 0 1\n' >"$root/etc/fstab"
     say "install.sh --no-start in the guest root (pip into /opt/edge-agent/venv, warmup; log $LOGDIR/$name-install.log)"
     local pipenv=() v
     while IFS= read -r v; do pipenv+=("--setenv=$v"); done < <(env | grep -E '^PIP_[A-Z_]+=' || true)
-    if ! systemd-nspawn -q --register=no --keep-unit -D "$QROOT" "${binds[@]}" "${pipenv[@]}" \
+    if ! systemd-nspawn -q --register=no --keep-unit -D "$root" "${binds[@]}" "${pipenv[@]}" \
             bash -c 'bash /root/edge-agent/systemd/install.sh --no-start && systemctl enable systemd-networkd edgelab-check edgelab-final edgelab-i2c edgelab-soak' \
             </dev/null >"$LOGDIR/$name-install.log" 2>&1; then
         tail -n 30 "$LOGDIR/$name-install.log" >&2; fail "install.sh in the guest root failed"
     fi
+    rm -rf "$root/root/.cache"
 }
 
 # qemu_disk: the root as an ext4 disk image ($QRUN/disk.raw)
