@@ -53,10 +53,17 @@ qemu_install() {
     mkdir -p "$root/etc/systemd/network"
     printf '[Match]\nName=eth0\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n' >"$root/etc/systemd/network/10-lab.network"
     printf '/dev/vda / ext4 defaults 0 1\n' >"$root/etc/fstab"
+    # the agent's log on the serial console too: the host's only window into the guest
+    mkdir -p "$root/etc/systemd/system/edge-agent.service.d"
+    # Numba's cache is keyed by the CPU it compiled for; qemu's TCG CPU is not this machine's, and compiling every
+    # kernel under TCG takes many minutes. So the lab warms a portable cache (generic x86-64) here and the guest
+    # uses it. On a real device the cache is compiled on the device itself.
+    printf '[Service]\nStandardOutput=journal+console\nStandardError=journal+console\nEnvironment=NUMBA_CPU_NAME=generic\n' \
+        >"$root/etc/systemd/system/edge-agent.service.d/lab-console.conf"
     say "install.sh --no-start in the guest root (pip into /opt/edge-agent/venv, warmup; log $LOGDIR/$name-install.log)"
     local pipenv=() v
     while IFS= read -r v; do pipenv+=("--setenv=$v"); done < <(env | grep -E '^PIP_[A-Z_]+=' || true)
-    if ! systemd-nspawn -q --register=no --keep-unit -D "$root" "${binds[@]}" "${pipenv[@]}" \
+    if ! systemd-nspawn -q --register=no --keep-unit -D "$root" "${binds[@]}" "${pipenv[@]}" --setenv=NUMBA_CPU_NAME=generic \
             bash -c 'bash /root/edge-agent/systemd/install.sh --no-start && systemctl enable systemd-networkd edgelab-check edgelab-final edgelab-i2c edgelab-soak' \
             </dev/null >"$LOGDIR/$name-install.log" 2>&1; then
         tail -n 30 "$LOGDIR/$name-install.log" >&2; fail "install.sh in the guest root failed"
@@ -131,10 +138,19 @@ if abs(bme["bme.temperature"][0] - 25.08) > 0.005 or abs(bme["bme.pressure"][0] 
 print("[lab]   ok: the data sheet's worked example: 25.08 degC, 1006.5327 hPa")
 absent = read.get("absent", {})
 txt = json.dumps(absent)
-if "0x77" not in txt or not any(k in txt for k in ("ENXIO", "ENODEV", "EREMOTEIO", "errno", "acknowledge")):
-    bad(f"absent address 0x77: expected an error naming the address and the errno, got {txt}")
+# the real kernel answers ENODEV (i2c-stub) or EREMOTEIO/ENXIO (a real adapter): each channel bad, naming bus,
+# address, register and errno
+if not absent or "error" in absent or any(v[1] != "bad" or "0x77" not in (v[2] or "") or "errno" not in (v[2] or "").lower()
+                                         for v in absent.values()):
+    bad(f"absent address 0x77: expected every channel bad with an error naming the address and the errno, got {txt}")
 print(f"[lab]   ok: absent 0x77: {txt[:220]}")
-print(f"[lab]   ina219 at 0x40 on i2c-stub: {json.dumps(read.get('ina'))[:300]}")
+# i2c-stub is a byte-addressed register file: a two-byte block read at register r returns the low bytes of r and
+# r+1, so the INA219's 16-bit registers (and its reset bit) cannot be imaged in it. The driver must refuse it
+# clearly rather than decode garbage.
+ina = json.dumps(read.get("ina"))
+print(f"[lab]   ina219 at 0x40 (i2c-stub cannot model its 16-bit registers): {ina[:300]}")
+if "WrongDevice" not in ina and "error" not in ina:
+    bad(f"ina219 on i2c-stub: expected a clear refusal, got {ina}")
 PY
 }
 
