@@ -18,7 +18,7 @@ qemu_prepare() {
     ls "$base"/boot/vmlinuz-* >/dev/null 2>&1 || die "no kernel in $base/boot"
     # the project installed into the guest root once per commit (and lab version); the parts copy it
     local key installed
-    key="$(git -C "$REPO" rev-parse HEAD)-$(cat "$HERE"/guest/* "$HERE/part_qemu.sh" | sha256sum | cut -c1-12)"
+    key="$(git -C "$REPO" rev-parse HEAD)-$(cat "$HERE"/guest/*.py "$HERE"/guest/*.service "$HERE/part_qemu.sh" | sha256sum | cut -c1-12)"
     installed="$CACHE/prepared/guest-$key"
     if [ ! -f "$installed/.lab-prepared" ]; then
         rm -rf "$CACHE/prepared"; mkdir -p "$CACHE/prepared"
