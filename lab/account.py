@@ -17,6 +17,9 @@ import json
 import sys
 from collections import defaultdict
 
+# fields that say how a record travelled, not what it is: a record re-sent from the backlog is marked historical
+TRANSPORT = {"kind", "historical"}
+
 
 def main(recv_path: str, boots_path: str, final_path: str) -> int:
     lines = open(recv_path, encoding="utf-8", errors="replace").read().splitlines()
@@ -64,7 +67,7 @@ def main(recv_path: str, boots_path: str, final_path: str) -> int:
     def take(b: dict) -> None:
         s, q = b["stream"], b["seq"]
         seqs[s].add(q)
-        bodies[(s, q)].add(json.dumps({k: v for k, v in b.items() if k != "kind"}, sort_keys=True))
+        bodies[(s, q)].add(json.dumps({k: v for k, v in b.items() if k not in TRANSPORT}, sort_keys=True))
         if b.get("event") == "gap" and "gap_stream" in b:
             for lo, hi in b.get("ranges", []):
                 gaps[b["gap_stream"]].update(range(lo, hi + 1))
@@ -74,11 +77,9 @@ def main(recv_path: str, boots_path: str, final_path: str) -> int:
     for b in final.get("unsent", []):
         if "stream" in b and "seq" in b:
             take(b)
-    dup = 0
     for (s, q), v in bodies.items():
         if len(v) > 1:
             problems.append(f"{s} seq {q} arrived with {len(v)} different bodies: a seq reused")
-        dup += 0
     total = 0
     for s, qs in sorted(seqs.items()):
         total += len(qs)

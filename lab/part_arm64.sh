@@ -35,8 +35,13 @@ part_arm64() {
     binfmt_setup
     local base run root port binds=() d
     base=$(build_root "arm64" arm64 "$ARM64_PKGS")
-    [ "$(systemd-nspawn -q --register=no --keep-unit -D "$base" uname -m 2>/dev/null)" = aarch64 ] \
-        || cannot "an arm64 binary does not run here through binfmt_misc + qemu-aarch64-static"
+    local m
+    m=$(systemd-nspawn -q --register=no --keep-unit -D "$base" uname -m 2>"$LOGDIR/arm64-uname.err" | tr -d "\r" || true)
+    if [ "$m" != aarch64 ]; then
+        echo "[lab] uname -m in the arm64 root printed '$m'; $(grep -v 'propagate' "$LOGDIR/arm64-uname.err" | head -n 5)" >&2
+        cat /proc/sys/fs/binfmt_misc/"$BINFMT_NAME" >&2 2>/dev/null || echo "[lab] no binfmt entry $BINFMT_NAME" >&2
+        cannot "an arm64 binary does not run here through binfmt_misc + qemu-aarch64-static"
+    fi
     check "arm64 userland runs: uname -m = aarch64 (qemu-user)"
     run="$CACHE/run/arm64"; root="$run/root"
     rm -rf "$run"; mkdir -p "$run"

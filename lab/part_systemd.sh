@@ -10,8 +10,8 @@ ct_boot() {
         </dev/null >"$LOGDIR/$name-console.log" 2>&1 &
     CT_PID=$!
     on_cleanup "ct_stop $CT_PID"
-    local i
-    for i in $(seq 1 60); do
+
+    for _ in $(seq 1 60); do
         CT_LEADER=$(pgrep -P "$CT_PID" | head -n 1 || true)
         [ -n "$CT_LEADER" ] && [ "$(readlink "/proc/$CT_LEADER/root" 2>/dev/null)" != / ] && break
         kill -0 "$CT_PID" 2>/dev/null || { tail -n 30 "$LOGDIR/$name-console.log" >&2; fail "systemd-nspawn exited"; }
@@ -21,10 +21,10 @@ ct_boot() {
 }
 # ct_stop PID: power the container off (SIGTERM to nspawn = orderly poweroff), kill it if it does not go
 ct_stop() {
-    local pid="$1" i
+    local pid="$1"
     kill -0 "$pid" 2>/dev/null || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
     kill_tree "$pid" KILL
 }
 # in_ct CMD...: run CMD inside the container's namespaces, with a plain environment (+ the host's PIP_* settings)
