@@ -48,7 +48,7 @@ CAL_NUMERATOR = 0.04096  # eq. 1
 
 def calibration_limits(shunt_ohm: float) -> tuple[float, float]:
     """(smallest, largest) Current_LSB in A whose Cal fits the register (2 .. 0xFFFE) for this shunt."""
-    return CAL_NUMERATOR / ((CAL_MAX + 1) * shunt_ohm), CAL_NUMERATOR / (2 * shunt_ohm)
+    return CAL_NUMERATOR / (CAL_MAX * shunt_ohm), CAL_NUMERATOR / (2 * shunt_ohm)
 
 
 def calibration(max_current_a: float, shunt_ohm: float, current_lsb_a: float = 0.0) -> tuple[int, float, float]:
@@ -63,13 +63,14 @@ def calibration(max_current_a: float, shunt_ohm: float, current_lsb_a: float = 0
     exact = CAL_NUMERATOR / (lsb * shunt_ohm)
     if not 2 <= exact < CAL_MAX + 1:
         raise ValueError(
-            f"expected a current LSB from {lo:.4g} to {hi:.4g} A with a {shunt_ohm:g} ohm shunt: "
+            f"expected a current LSB from {lo:.5g} to {hi:.5g} A with a {shunt_ohm:g} ohm shunt: "
             f"Cal = trunc(0.04096 / ({lsb:g} A x {shunt_ohm:g} ohm)) = {math.trunc(exact)} does not fit the 16-bit "
-            f"calibration register (2..{CAL_MAX}); the smallest LSB it allows is {lo:.4g} A")
+            f"calibration register (2..{CAL_MAX}); the smallest LSB it allows is {lo:.5g} A")
     cal = int(math.trunc(exact)) & 0xFFFE
-    if max_current_a > 32767 * lsb * (1 + 1e-9):
-        raise ValueError(f"expected a current LSB of at least {max_current_a / 32767:.4g} A: {max_current_a:g} A "
-                         f"would overflow the current register (32767 x {lsb:g} A = {32767 * lsb:.4g} A)")
+    if max_current_a > 32768 * lsb * (1 + 1e-9):  # eq. 2: Current_LSB >= Maximum Expected Current / 2^15
+        raise ValueError(f"expected a current LSB of at least {max_current_a / 32768:.4g} A (max_current_a / 2^15, "
+                         f"eq. 2): {max_current_a:g} A would overflow the current register (2^15 x {lsb:g} A = "
+                         f"{32768 * lsb:.4g} A)")
     if not current_lsb_a:
         lsb = CAL_NUMERATOR / (cal * shunt_ohm)
     return cal, lsb, 20.0 * lsb

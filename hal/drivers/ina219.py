@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hal.chips import ina219 as chip
-from hal.chips.ina219 import calibration
+from hal.chips.ina219 import calibration, calibration_limits
 from hal.drivers.base import I2CSensor, address_option
 from hal.errors import WrongDevice
 from hal.options import Option, in_range
@@ -89,9 +89,9 @@ class INA219(I2CSensor):
         config = chip.PG.put(config, PG[self.pga])
         config = chip.BADC.put(chip.SADC.put(config, adc), adc)
         self.config = chip.MODE.put(config, chip.MODE_SHUNT_BUS_CONTINUOUS)
-        chip = self.dev.bus.chips.get(self.address) if hasattr(self.dev.bus, "chips") else None
-        if chip is not None:
-            chip.shunt_ohm = self.shunt_ohm
+        model = self.dev.bus.chips.get(self.address) if hasattr(self.dev.bus, "chips") else None
+        if model is not None:
+            model.shunt_ohm = self.shunt_ohm
 
     def init_chip(self) -> None:
         dev = self.dev
@@ -124,4 +124,4 @@ class INA219(I2CSensor):
         return out
 
 
-__all__ = ["INA219", "calibration", "shunt_register_to_volts", "bus_register_to_volts"]
+__all__ = ["INA219", "calibration", "calibration_limits", "shunt_register_to_volts", "bus_register_to_volts"]
