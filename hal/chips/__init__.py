@@ -105,6 +105,11 @@ def i2c_read_bits(nbytes: int) -> int:
     return 1 + 9 + 9 + 1 + 9 + 9 * nbytes + 1
 
 
+def i2c_write_bits(nbytes: int) -> int:
+    """SCL clocks of a register write: START + address/W + register + nbytes, 9 clocks each, + STOP."""
+    return 1 + 9 + 9 + 9 * nbytes + 1
+
+
 def i2c_read_s(nbytes: int, baudrate: int) -> float:
     """Seconds on the wire for one register read of `nbytes` at SCL `baudrate` Hz (no clock stretching, no gaps
     between bytes: a lower bound; a Linux host adds per-transaction latency on top)."""
@@ -120,6 +125,6 @@ def chips() -> dict[str, Chip]:
     return {m.CHIP.name: m.CHIP for m in (adxl345, bme280, ads1115, ina219)}
 
 
-__all__ = ["Register", "Field", "Chip", "registers", "i2c_read_bits", "i2c_read_s", "chips", "I2C_STANDARD_HZ",
+__all__ = ["Register", "Field", "Chip", "registers", "i2c_read_bits", "i2c_write_bits", "i2c_read_s", "chips", "I2C_STANDARD_HZ",
            "I2C_FAST_HZ"]
 

@@ -11,7 +11,7 @@ LSB = FSR / 2^15; codes 0x7FFF = +FS, 0x8000 = -FS. A conversion takes one data-
 
 from __future__ import annotations
 
-from hal.chips import Chip, Field, Register, registers
+from hal.chips import Chip, Field, Register, i2c_read_bits, i2c_write_bits, registers
 
 CONVERSION = Register("conversion", 0b00, 0x0000, width=16, access="r")
 CONFIG = Register("config", 0b01, 0x8583, width=16)
@@ -39,6 +39,16 @@ COMP_QUE_DISABLE = 0b11
 
 def conversion_s(rate: int) -> float:
     return 1.0 / rate
+
+
+def single_shot_bits() -> int:
+    """SCL clocks of one single-shot conversion: write config, poll config once, read the conversion."""
+    return i2c_write_bits(2) + 2 * i2c_read_bits(2)
+
+
+def continuous_read_bits() -> int:
+    """SCL clocks of one read of the conversion register in continuous mode."""
+    return i2c_read_bits(2)
 
 
 CHIP = Chip(

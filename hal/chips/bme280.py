@@ -8,7 +8,7 @@ bytes 0xF7..0xFE are read in one burst (section 4: "burst read ... to guarantee 
 
 from __future__ import annotations
 
-from hal.chips import Chip, Field, Register, registers
+from hal.chips import Chip, Field, Register, i2c_read_bits, i2c_write_bits, registers
 
 CALIB00 = Register("calib00", 0x88, None, access="r", doc="dig_T1 .. dig_P9 (24 bytes), 0xA1 dig_H1")
 ID = Register("id", 0xD0, 0x60, access="r", doc="chip_id 0x60 (a BMP280 reads 0x58)")
@@ -42,6 +42,11 @@ def measurement_time_max_ms(osrs_t: int, osrs_p: int, osrs_h: int) -> float:
     t += (2.3 * osrs_p + 0.575) if osrs_p else 0.0
     t += (2.3 * osrs_h + 0.575) if osrs_h else 0.0
     return t
+
+
+def poll_bits() -> int:
+    """SCL clocks of one forced-mode reading: write ctrl_meas, one status read, the eight-byte burst."""
+    return i2c_write_bits(1) + i2c_read_bits(1) + i2c_read_bits(DATA_BYTES)
 
 
 CHIP = Chip(

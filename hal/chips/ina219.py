@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from hal.chips import Chip, Field, Register, registers
+from hal.chips import Chip, Field, Register, i2c_read_bits, registers
 
 CONFIG = Register("config", 0x00, 0x399F, width=16)
 SHUNT_VOLTAGE = Register("shunt_voltage", 0x01, None, width=16, access="r")
@@ -74,6 +74,11 @@ def calibration(max_current_a: float, shunt_ohm: float, current_lsb_a: float = 0
     if not current_lsb_a:
         lsb = CAL_NUMERATOR / (cal * shunt_ohm)
     return cal, lsb, 20.0 * lsb
+
+
+def poll_bits() -> int:
+    """SCL clocks of one reading: calibration check, bus, shunt, current and power, two bytes each."""
+    return 5 * i2c_read_bits(2)
 
 
 CHIP = Chip(

@@ -425,3 +425,27 @@ def test_real_backend_without_the_adapter_reads_bad_not_crash(make_context):
     assert len(readings) == 3 and all(r.quality is Quality.BAD for r in readings)
     assert "I2C bus i2c9 (/dev/i2c-254) address 0x76 (bme280)" in readings[0].error
     assert s.counters["bus_errors"] == 2
+
+
+def test_bus_time_and_conversion_limits_of_every_chip_match_the_docs_table():
+    """docs/hal.md "Rates each I2C driver can carry": clocks per reading (I2C spec: 9 per byte + START/STOP) and the
+    data sheets' conversion limits."""
+    from hal.chips import ads1115 as ads, bme280 as bme, i2c_read_bits, i2c_write_bits, ina219 as ina
+    assert (i2c_read_bits(1), i2c_write_bits(1)) == (39, 29)
+    assert bme.poll_bits() == 170 and ina.poll_bits() == 240
+    assert ads.single_shot_bits() == 134 and ads.continuous_read_bits() == 48
+    assert bme.measurement_time_max_ms(1, 1, 1) == pytest.approx(9.3)  # BME280 9.1: weather monitoring, max
+    assert bme.measurement_time_max_ms(16, 16, 16) == pytest.approx(112.8)
+    assert ina.CONVERSION_S[1] == 532e-6 and ina.CONVERSION_S[128] == 68.10e-3  # INA219 table 5
+    assert ads.conversion_s(860) == pytest.approx(1 / 860)
+    # reset values the data sheets print
+    assert ina.CHIP.reset_values() == {0x00: 0x399F, 0x03: 0, 0x04: 0, 0x05: 0}
+    assert ads.CHIP.reset_values() == {0: 0x0000, 1: 0x8583, 2: 0x8000, 3: 0x7FFF}
+    assert bme.CHIP.reset_values()[0xD0] == 0x60 and bme.SKIPPED_DATA == bytes.fromhex("8000008000008000")
+
+
+def test_fields_refuse_values_that_do_not_fit():
+    from hal.chips import ina219 as ina
+    assert ina.PG.put(0x399F, 0b01) == 0x299F and ina.PG.get(0x399F) == 0b11
+    with pytest.raises(ValueError, match=r"config\[12:11\]: expected 0...3, got 4"):
+        ina.PG.put(0, 4)
