@@ -93,6 +93,15 @@ class ADXL345:
                "bus speed (logs a warning; expect FIFO overruns and gaps)"),
     ]
 
+    @classmethod
+    def validate_bus(cls, values: Mapping[str, Any], bus: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """At config load: the rate against the I2C bus's stated baudrate (the same check the constructor makes)."""
+        if bus.get("type") != "i2c" or values.get("exceed_bus_rate"):
+            return []
+        baudrate = bus.get("baudrate", 100_000)
+        problem = bus_rate_problem(float(values["rate_hz"]), baudrate) if isinstance(baudrate, int) else None
+        return [("rate_hz", problem)] if problem else []
+
     def __init__(self, name: str, options: Mapping[str, Any], context: Any, bus: str | None = None) -> None:
         self.name = name
         self.rate_hz = float(options["rate_hz"])
