@@ -1,9 +1,15 @@
 """Chip models for the emulated I2C bus: the registers each driver touches, behaving like the data sheet says, and
 driven by the plant (`hal.emulated.plant.Plant`) on the bus's clock.
 
+Register addresses, fields, reset values, rate and range tables come from the chip declarations in `hal.chips` -
+the same ones the drivers and `scan` use; this module owns only the behaviour (FIFO fill, conversion timing, the
+values the plant puts on the inputs). Only the BME280 model still borrows from its driver: the data sheet's
+compensation formulas (`hal.drivers.bme280`), which it inverts.
+
 * `ADXL345Model`: DEVID, BW_RATE, POWER_CTL, DATA_FORMAT, FIFO_CTL/FIFO_STATUS, INT_SOURCE; a 32-entry FIFO filled
-  at the output data rate with the plant's vibration (+1 g on z), stream mode dropping the oldest entry and setting
-  Overrun, reading DATAZ1 pops an entry.
+  at the output data rate with the plant's vibration (+1 g on z); stream mode drops the oldest entry when a sample
+  arrives while it is full; Overrun is set when the FIFO is full (cleared by reading FIFO data), in bypass mode when
+  unread data is replaced; reading DATAZ1 pops an entry; `discarded` counts what was really lost.
 * `BME280Model`: chip id, reset, calibration NVM (the data sheet example's coefficients), forced and normal mode,
   the measuring bit for the data sheet's measurement time; raw values found by inverting the compensation so the
   driver reads the plant's cabinet temperature, humidity and pressure.
@@ -119,11 +125,8 @@ class ADXL345Model(ChipModel):
             skipped = n - keep
             self._k_next += skipped
             n = keep
-            if mode != A.FIFO_BYPASS:
-                self.discarded += skipped
-                self.overrun = True
-            else:
-                self.overrun = self.overrun or self._latest_unread or skipped > 0
+            self.discarded += skipped if mode != A.FIFO_BYPASS else 0
+            self.overrun = True  # FIFO modes: full; bypass: unread data replaced
         samples = self._samples(self._k_next, n)
         self._k_next = k_end
         if mode == A.FIFO_BYPASS:
