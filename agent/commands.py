@@ -27,7 +27,7 @@ from agent.records import iso_ts
 from hal.types import now_ns
 
 if TYPE_CHECKING:
-    from agent.pipeline import Agent
+    from agent.pipeline import Pipeline
 
 audit = logging.getLogger("edge_agent.audit")
 KNOWN = ("ping", "capture", "set", "reload")
@@ -41,7 +41,7 @@ class CommandError(Exception):
 
 
 class CommandHandler:
-    def __init__(self, agent: "Agent", queue_size: int = 32) -> None:
+    def __init__(self, agent: "Pipeline", queue_size: int = 32) -> None:
         self.agent = agent
         self.config = agent.config.commands
         self._queue: queue.Queue[tuple[str, bytes, bool] | None] = queue.Queue(maxsize=queue_size)

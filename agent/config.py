@@ -205,7 +205,8 @@ _SPARKPLUG_ID = (lambda v: None if v and not set(v) & set("/+#") else
 _SPARKPLUG_OPTIONS = [
     Option("group_id", str, "", "Sparkplug group id (required with mqtt.format = \"sparkplug\")",
            lambda v: None if not v else _SPARKPLUG_ID(v)),
-    Option("edge_node_id", str, "", "edge node id (default: the agent id)", lambda v: None if not v else _SPARKPLUG_ID(v)),
+    Option("edge_node_id", str, "", "edge node id (default: the agent id)",
+           lambda v: None if not v else _SPARKPLUG_ID(v)),
     Option("primary_host_id", str, "", "primary host application id to wait for",
            lambda v: None if not v else _SPARKPLUG_ID(v)),
     Option("data_qos", int, 1, "QoS of BIRTH/DATA messages (the spec says 0; 1 keeps at-least-once delivery)",
@@ -468,15 +469,3 @@ def load_demo(*, emulate: bool = True) -> Config:
     data = demo_bytes()
     source = "<built-in demo>"
     return parse(_decode(data, source), source, emulate=emulate, digest=hashlib.sha256(data).hexdigest()[:12])
-
-
-def resolve_state_dir(cli_value: str | None, config: Config) -> Path:
-    """--state-dir, else the config's agent.state_dir, else $STATE_DIRECTORY (systemd), else XDG state home."""
-    if cli_value:
-        return Path(cli_value).expanduser()
-    if config.agent.state_dir is not None:
-        return config.agent.state_dir
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "edge-agent"

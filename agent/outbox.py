@@ -507,3 +507,159 @@ class Outbox:
             self.stats.inc("outbox_dropped_oldest", n)
             if not n:
                 break
+
+
+# -- reading an outbox from outside the writer (diagnostics, the status document) -------------------------------------
+
+class OutboxUnreadable(OutboxError):
+    """The outbox database cannot be opened for reading; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """One stream's unsent records, as `edge-agent buffer stats` shows them."""
+
+    stream: str
+    kind: str
+    records: int
+    first_seq: int
+    last_seq: int
+    oldest_ts_ns: int
+    newest_ts_ns: int
+    payload_bytes: int
+
+
+@dataclass(frozen=True)
+class LatestRecord:
+    """The newest unsent record of a stream."""
+
+    stream: str
+    kind: str
+    ts_ns: int
+    quality: str
+    payload: dict[str, Any]
+
+
+def outbox_files(state_dir: Path) -> dict[str, int]:
+    """{file name: bytes} of the outbox database and its -wal/-shm files in `state_dir`."""
+    return {p.name: p.stat().st_size for p in sorted(Path(state_dir).glob(DB_NAME + "*")) if p.is_file()}
+
+
+class OutboxView(OutboxReader):
+    """Read-only queries on an outbox database for diagnostics and the status document: every SELECT outside the
+    writer and the uplink's cursor lives here, so the table layout is known in this module only. Never writes; WAL
+    readers do not block the writer (the service may be running)."""
+
+    @classmethod
+    def open(cls, state_dir: Path) -> OutboxView:
+        """The outbox of `state_dir`, opened read-only; a read-only directory without a -shm file (a stopped
+        service on a locked-down system) is read as it is. Raises OutboxUnreadable naming the file and the cause."""
+        path = Path(state_dir) / DB_NAME
+        if not path.exists():
+            raise OutboxUnreadable(f"no outbox at {path} (is this the right state directory? use --state-dir or "
+                                   "--config)")
+        view = cls.__new__(cls)
+        try:
+            view.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0, isolation_level=None,
+                                        check_same_thread=False)
+            view.conn.execute("SELECT 1 FROM records LIMIT 1").fetchall()
+            return view
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                raise OutboxUnreadable(f"{path} is not an edge-agent outbox ({e})") from None
+            try:  # a read-only directory and no -shm file: the database is not being written, read it as it is
+                view.conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None,
+                                            check_same_thread=False)
+                view.conn.execute("SELECT 1 FROM records LIMIT 1").fetchall()
+                return view
+            except sqlite3.Error:
+                pass
+            import os
+            hint = " (permission: run as root or a member of the edge-agent group)" \
+                if not os.access(path, os.R_OK) else ""
+            raise OutboxUnreadable(f"cannot read the outbox {path}: {e}{hint}") from None
+
+    def head(self) -> tuple[int, int | None]:
+        """(records waiting, the oldest record's ts_ns or None)."""
+        depth, oldest = self.conn.execute("SELECT COUNT(*), MIN(ts_ns) FROM records").fetchone()
+        return int(depth), oldest
+
+    def first_ts_ns(self) -> int | None:
+        """The timestamp of the record that will be published next (the lowest id), None when empty."""
+        row = self.conn.execute("SELECT ts_ns FROM records ORDER BY id LIMIT 1").fetchone()
+        return int(row[0]) if row else None
+
+    def stream_heads(self) -> dict[str, tuple[str, int]]:
+        """{stream: (kind, next seq)} for every stream ever written."""
+        return {s: (k, n) for s, k, n in self.conn.execute("SELECT stream, kind, next_seq FROM streams")}
+
+    def latest_per_stream(self) -> list[LatestRecord]:
+        """The newest unsent record of each stream."""
+        return [LatestRecord(stream, kind, ts_ns, quality, json.loads(payload))
+                for stream, kind, ts_ns, quality, payload in self.conn.execute(
+                    "SELECT r.stream, r.kind, r.ts_ns, r.quality, r.payload FROM records r "
+                    "JOIN (SELECT stream, MAX(id) AS id FROM records GROUP BY stream) m ON r.id = m.id")]
+
+    def gap_summary(self) -> tuple[int, int]:
+        """(unsent gap events on stream `outbox`, the records they say were dropped)."""
+        events, dropped = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(json_extract(payload, '$.count')), 0) FROM records "
+            "WHERE stream = ? AND kind = 'event'", (GAP_STREAM,)).fetchone()
+        return int(events), int(dropped)
+
+    def stream_stats(self) -> list[StreamStats]:
+        """Per stream and kind: record count, seq range, oldest and newest timestamps, payload bytes."""
+        return [StreamStats(*r) for r in self.conn.execute(
+            "SELECT stream, kind, COUNT(*), MIN(seq), MAX(seq), MIN(ts_ns), MAX(ts_ns), SUM(LENGTH(payload)) "
+            "FROM records GROUP BY stream, kind ORDER BY stream").fetchall()]
+
+    def pages(self) -> tuple[int, int, int]:
+        """(page size, pages, free pages) of the database file."""
+        c = self.conn
+        return (c.execute("PRAGMA page_size").fetchone()[0], c.execute("PRAGMA page_count").fetchone()[0],
+                c.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def meta(self) -> dict[str, str]:
+        """The meta table (schema_version, created_ns)."""
+        return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def select(self, streams: list[str] | None, after_id: int = 0, limit: int = 1000,
+               before_ns: int | None = None) -> list[Record]:
+        """Records with id > `after_id` (of `streams`, older than `before_ns` when given), oldest first."""
+        sql = "SELECT id, stream, seq, ts_ns, kind, quality, payload FROM records WHERE id > ?"
+        params: list[Any] = [after_id]
+        if streams:
+            sql += f" AND stream IN ({','.join('?' * len(streams))})"
+            params += streams
+        if before_ns is not None:
+            sql += " AND ts_ns < ?"
+            params.append(before_ns)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return [Record(r[0], r[1], r[2], r[3], r[4], Quality(r[5]), json.loads(r[6]))
+                for r in self.conn.execute(sql, params).fetchall()]
+
+    def tail_start(self, streams: list[str] | None, last: int) -> int:
+        """The id cursor after which the newest `last` records (of `streams`) follow; `last` 0 or no such
+        records: the current end (only new records follow)."""
+        max_id = self.max_id()
+        rows = self.conn.execute("SELECT id FROM records WHERE id <= ?" + (
+            f" AND stream IN ({','.join('?' * len(streams))})" if streams else "") + " ORDER BY id DESC LIMIT ?",
+                                 [max_id, *(streams or []), last]).fetchall() if last else []
+        return (rows[-1][0] - 1) if rows else max_id
+
+    def count_purgeable(self, streams: list[str] | None, before_ns: int | None) -> int:
+        """How many records `Outbox.purge(streams, before_ns)` would delete (gap events are never purged)."""
+        sql = "SELECT COUNT(*) FROM records WHERE stream != ?"
+        params: list[Any] = [GAP_STREAM]
+        if streams:
+            sql += f" AND stream IN ({','.join('?' * len(streams))})"
+            params += streams
+        if before_ns is not None:
+            sql += " AND ts_ns < ?"
+            params.append(before_ns)
+        return int(self.conn.execute(sql, params).fetchone()[0])
+
+    def quick_check(self) -> str:
+        """SQLite's `PRAGMA quick_check`: "ok", or what is damaged."""
+        return str(self.conn.execute("PRAGMA quick_check").fetchone()[0])

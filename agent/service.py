@@ -2,11 +2,12 @@
 `edge-agent status` reads, and the periodic `health` record.
 
 Owns: the notify protocol (spoken directly over a datagram socket, no dependency), the watchdog decision (ping only
-while every stage of the pipeline makes progress), the status socket server and its JSON document. Must not touch
-the pipeline's internals beyond its public attributes (`agent.stats`, `agent.outbox`, `agent.uplink`,
-`agent.config`, `agent.readers`); records go through `agent.outbox.put` like any other stage's.
+while every stage of the pipeline makes progress), the status socket server (its JSON document is built by
+`agent.status`). Must not touch the pipeline's internals beyond its public attributes (`agent.stats`,
+`agent.outbox`, `agent.uplink`, `agent.config`, `agent.readers`); records go through `agent.outbox.put` like any
+other stage's; the outbox is read through `agent.outbox.OutboxView`, never by SQL of its own.
 
-`cmd_run` drives it from the main thread:
+`agent.app.run` drives it from the main thread:
 
     service = Service(agent, status_socket=default_status_socket(state_dir))
     agent.start(); service.ready()
@@ -31,9 +32,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
 from agent.health import HEALTH_STREAM, HealthMonitor, OutboxHead, counters, drops, live_stage_ages
 from agent.records import Emit, iso_ts
+from agent.status import last_value, live_document
 from hal.types import now_ns
 
 log = logging.getLogger("edge_agent.service")
@@ -179,7 +180,8 @@ class StreamTap:
             for stream, e in self._last.items():
                 q = self._times.get(stream, deque())
                 n = sum(1 for x in q if t - x <= span)
-                out[stream] = {"kind": e.kind, "last": _last_value(e), "age_s": round((wall - e.ts_ns) / 1e9, 1),
+                out[stream] = {"kind": e.kind, "last": last_value(e.kind, e.ts_ns, e.quality, e.payload),
+                               "age_s": round((wall - e.ts_ns) / 1e9, 1),
                                "rate_hz": round(n / span, 3)}
         return out
 
@@ -187,48 +189,6 @@ class StreamTap:
         with self._lock:
             return {"samples_lost": dict(self._gap_samples), "outbox_gap_events": self._gap_events,
                     "outbox_records_dropped": self._gap_records}
-
-
-def _last_value(e: Emit | Any) -> dict[str, Any]:
-    payload = e.payload if isinstance(e.payload, dict) else {}
-    out: dict[str, Any] = {"ts": iso_ts(e.ts_ns), "quality": str(e.quality)}
-    if e.kind == "reading":
-        out["value"] = payload.get("value")
-        out["unit"] = payload.get("unit", "")
-        if payload.get("error"):
-            out["error"] = payload["error"]
-    elif e.kind == "features":
-        out["features"] = payload.get("features")
-        out["unit"] = payload.get("unit", "")
-    else:
-        out["payload"] = payload
-    return out
-
-
-def sensor_streams(sensor: Any, streams: list[str]) -> list[str]:
-    """The streams a sensor produces: its name, `<name>.<channel>` (Modbus registers), or its `channel` option."""
-    name = sensor.name
-    channel = (getattr(sensor, "options", None) or {}).get("channel") or ""
-    return [s for s in streams if s == name or s.startswith(name + ".") or (channel and s == channel)]
-
-
-def expected_rate_hz(sensor: Any) -> float | None:
-    """Records per second a sensor should produce: 1/interval for slow sensors, rate/hop for stream sensors."""
-    if getattr(sensor, "kind", "slow") == "stream":
-        rate = (getattr(sensor, "options", None) or {}).get("rate_hz")
-        hop = getattr(sensor, "hop", 0)
-        return round(float(rate) / hop, 3) if rate and hop else None
-    interval = getattr(sensor, "interval_s", 0)
-    return round(1.0 / interval, 3) if interval else None
-
-
-def expected_acquisition_hz(sensor: Any) -> float | None:
-    """Samples per second (stream sensors: the configured rate) or reads per second (slow: 1/interval)."""
-    if getattr(sensor, "kind", "slow") == "stream":
-        rate = (getattr(sensor, "options", None) or {}).get("rate_hz")
-        return float(rate) if rate else None
-    interval = getattr(sensor, "interval_s", 0)
-    return round(1.0 / interval, 3) if interval else None
 
 
 # -- the status socket ----------------------------------------------------------------------------------------------
@@ -588,9 +548,9 @@ class Service:
         with self._reader_lock:
             try:
                 if self._reader is None:
-                    self._reader = self.agent.outbox.reader()
-                row = self._reader.conn.execute("SELECT ts_ns FROM records ORDER BY id LIMIT 1").fetchone()
-                oldest = int(row[0]) if row else None
+                    from agent.outbox import OutboxView
+                    self._reader = OutboxView(self.agent.outbox.path)
+                oldest = self._reader.first_ts_ns()
             except Exception as e:
                 log.debug("reading the outbox head: %s", e)
                 self._reader = None
@@ -632,57 +592,16 @@ class Service:
     # -- the status document ----------------------------------------------------------------------------------
 
     def status_document(self) -> dict[str, Any]:
+        """The status document (agent.status) of the running service, as the status socket serves it."""
         agent = self.agent
-        cfg = agent.config
         snap = counters(agent.stats)
-        t = now_ns()
-        head = self._outbox_head()
-        streams = self.tap.streams()
-        sensors = []
-        for s in cfg.sensors:
-            names = sensor_streams(s, list(streams))
-            rate = sum(streams[n]["rate_hz"] for n in names) if names else 0.0
-            sensors.append({
-                "name": s.name, "driver": s.driver, "kind": s.kind, "bus": s.bus,
-                "expected_rate_hz": expected_rate_hz(s), "rate_hz": round(rate, 3),
-                "acquisition_hz": self.acquisition_rate(s), "expected_acquisition_hz": expected_acquisition_hz(s),
-                "streams": {n: streams[n] for n in names},
-                "errors": snap.get(f"reader_errors.{s.name}", 0) + snap.get(f"processing_errors.{s.name}", 0),
-                "dropped": snap.get(f"dropped.{s.name}", 0),
-            })
-        claimed = {n for s in cfg.sensors for n in sensor_streams(s, list(streams))}
-        uplink = agent.uplink
-        return {
-            "source": "service",
-            "agent": cfg.agent.id,
-            "version": __version__,
-            "pid": os.getpid(),
-            "ts": iso_ts(t),
-            "started": iso_ts(agent.boot_ns),
-            "uptime_s": round((t - agent.boot_ns) / 1e9, 1),
-            "config": {"path": cfg.source, "digest": cfg.digest, "emulate": cfg.emulate},
-            "state_dir": str(agent.state_dir),
-            "link": {"state": snap.get("link", "down"), "broker": cfg.mqtt.broker.url,
-                     "last_error": getattr(uplink, "last_error", ""),
-                     "connects": snap.get("uplink_connects", 0), "disconnects": snap.get("uplink_disconnects", 0),
-                     "inflight": snap.get("uplink_inflight", 0), "published": snap.get("uplink_published", 0),
-                     "acked": snap.get("uplink_acked", 0)},
-            "outbox": {"path": str(getattr(agent.outbox, "path", "")), "depth": head.depth,
-                       "oldest_ts": iso_ts(head.oldest_ts_ns) if head.oldest_ts_ns is not None else None,
-                       "oldest_age_s": (round((t - head.oldest_ts_ns) / 1e9, 1)
-                                        if head.oldest_ts_ns is not None else None),
-                       "bytes": head.file_bytes, "fault": getattr(agent.outbox, "fault", None)},
-            "sensors": sensors,
-            "other_streams": {n: v for n, v in streams.items() if n not in claimed},
-            "drops": drops(snap),
-            "gaps": {**self.tap.gaps(), "outbox_gap_events": max(self.tap.gaps()["outbox_gap_events"],
-                                                                  int(snap.get("outbox_gap_events", 0) or 0))},
-            "stages": live_stage_ages(agent),
-            "stalled": self._stalled if self._ready else [],
-            "watchdog": {"enabled": bool(self.notifier.watchdog_usec),
-                         "interval_s": self.notifier.watchdog_usec / 1e6 if self.notifier.watchdog_usec else None,
-                         "stall_limit_s": self.stall_limit_s},
-        }
+        return live_document(
+            agent, counters=snap, outbox_head=self._outbox_head(), streams=self.tap.streams(), gaps=self.tap.gaps(),
+            acquisition_hz={s.name: self.acquisition_rate(s) for s in agent.config.sensors}, drops=drops(snap),
+            stages=live_stage_ages(agent), stalled=self._stalled if self._ready else [],
+            watchdog={"enabled": bool(self.notifier.watchdog_usec),
+                      "interval_s": self.notifier.watchdog_usec / 1e6 if self.notifier.watchdog_usec else None,
+                      "stall_limit_s": self.stall_limit_s})
 
 
 def _one_line(text: str) -> str:

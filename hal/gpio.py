@@ -174,7 +174,8 @@ class GpioCounter(_GpioInput):
     DEFAULT_SIGNAL = "part_rate"
     STIMULUS = "pulses"
     OPTIONS = [PIN, PULL, ACTIVE,
-               Option("debounce_ms", (int, float), 10.0, "a level must be stable this long to count", in_range(0, 10000)),
+               Option("debounce_ms", (int, float), 10.0, "a level must be stable this long to count",
+                      in_range(0, 10000)),
                Option("emulate_signal", str, "part_rate", "emulation only: plant signal (events per second)")]
 
     def started(self, dev: Any) -> None:
@@ -267,7 +268,8 @@ class GpioOutput:
 
     kind: ClassVar[str] = "slow"
     OPTIONS = [PIN,
-               Option("writable", bool, False, "must be true: outputs exist only when marked writable", _writable_check),
+               Option("writable", bool, False, "must be true: outputs exist only when marked writable",
+                      _writable_check),
                Option("initial", bool, False, "state at open"),
                Option("active", str, "high", "electrical level that means on", choices=("high", "low"))]
 

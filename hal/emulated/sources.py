@@ -1,8 +1,8 @@
 """Emulated sensors reading the plant directly: a vibration stream and a temperature probe.
 
-They are paced by the context's clock (`hal.clock`: real time, or faster for tests) like the real thing: `read_block` returns a block only once its last sample
-"has happened". A reader that falls far behind (a suspended laptop) skips ahead and reports the skipped samples
-as a gap, as a real FIFO overrun would.
+They are paced by the context's clock (`hal.clock`: real time, or faster for tests) like the real thing:
+`read_block` returns a block only once its last sample "has happened". A reader that falls far behind (a suspended
+laptop) skips ahead and reports the skipped samples as a gap, as a real FIFO overrun would.
 """
 
 from __future__ import annotations

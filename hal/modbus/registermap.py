@@ -212,7 +212,8 @@ def parse_registers(items: Any, *, byte_order: str = "big", word_order: str = "b
             errors.append((f"[{i}].min", f"expected min <= max, got {v['min']} > {v['max']}"))
             continue
         if v["name"] in names:
-            errors.append((f"[{i}].name", f"expected a unique name, {v['name']!r} is also registers[{names[v['name']]}]"))
+            errors.append((f"[{i}].name",
+                           f"expected a unique name, {v['name']!r} is also registers[{names[v['name']]}]"))
             continue
         names[v["name"]] = i
         reg = Register(

@@ -326,7 +326,7 @@ class SensorNode:
 
     def _command(self, kind: int, *args: int) -> Any:
         """Send a command and wait for its reply (DATA frames meanwhile are queued as blocks). Two attempts."""
-        for attempt in range(2):
+        for _attempt in range(2):
             tag = self._next_tag()
             try:
                 self._ser.write(P.command(kind, tag, *args))

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.cli_diag import DiagError, _config, find_service, state_dir_for
+from agent.cli.common import CliError, add_diag_args, config_for, find_service, state_dir_for, with_errors
 
 MAX_SECONDS = 60.0
 
@@ -59,12 +59,12 @@ def from_service(path: Path, sensor: str, seconds: float) -> Capture:
     try:
         answer = request(path, {"cmd": "capture", "sensor": sensor, "seconds": seconds}, timeout=seconds * 2 + 20)
     except (OSError, ValueError) as e:
-        raise DiagError(f"the running service did not answer the capture request ({path}): {e}") from None
+        raise CliError(f"the running service did not answer the capture request ({path}): {e}") from None
     if "error" in answer:
-        raise DiagError(f"the running service refused the capture: {answer['error']}", 2)
+        raise CliError(f"the running service refused the capture: {answer['error']}", 2)
     p = answer["capture"]
     if p.get("encoding") != "f32le-base64":
-        raise DiagError(f"unknown capture encoding {p.get('encoding')!r} from the service")
+        raise CliError(f"unknown capture encoding {p.get('encoding')!r} from the service")
     cols = [np.frombuffer(base64.b64decode(p["data"][a]), dtype="<f4").astype(float) for a in p["axes"]]
     from datetime import datetime
     t0 = int(datetime.strptime(answer["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp() * 1e9) if answer.get("ts") else 0
@@ -107,15 +107,15 @@ def from_driver(config: Any, sensor_cfg: Any, seconds: float) -> Capture:
     t.join(deadline_s + 2)
     context.close()
     if t.is_alive():
-        raise DiagError(f"{sensor_cfg.name}: the driver did not deliver within {deadline_s:g} s (stuck?); "
+        raise CliError(f"{sensor_cfg.name}: the driver did not deliver within {deadline_s:g} s (stuck?); "
                         "`edge-agent doctor` checks the device")
     if "error" in result:
         e = result["error"]
-        raise DiagError(f"{sensor_cfg.name}: {type(e).__name__}: {e}; `edge-agent doctor` checks the device")
+        raise CliError(f"{sensor_cfg.name}: {type(e).__name__}: {e}; `edge-agent doctor` checks the device")
     blocks, need = result["blocks"], result["need"]
     have = sum(len(b) for b in blocks)
     if have < need:
-        raise DiagError(f"{sensor_cfg.name}: only {have} of {need} samples within {deadline_s:g} s")
+        raise CliError(f"{sensor_cfg.name}: only {have} of {need} samples within {deadline_s:g} s")
     data = np.concatenate([b.samples.reshape(len(b), -1) for b in blocks])[:need].astype(float)
     first = blocks[0]
     return Capture(sensor_cfg.name, float(first.rate_hz), first.unit, list(first.axes), data, first.t0_ns, "driver")
@@ -173,7 +173,7 @@ def bearing_markers(features: Any, bearing: str | None, shaft_hz: float | None) 
             geometry = bearings.BearingGeometry(int(spec["balls"]), float(spec["ball_diameter"]),
                                                 float(spec["pitch_diameter"]), float(spec.get("contact_angle", 0)))
     except (ValueError, KeyError, TypeError) as e:
-        raise DiagError(f"bearing: {e}", 2) from None
+        raise CliError(f"bearing: {e}", 2) from None
     return geometry.frequencies(shaft), shaft
 
 
@@ -183,7 +183,7 @@ def analyse(cap: Capture, axis: str | None, features: Any, bearing: str | None, 
     elif axis in cap.axes:
         k = cap.axes.index(axis)
     else:
-        raise DiagError(f"--axis: expected one of {', '.join(cap.axes)}, got {axis!r}", 2)
+        raise CliError(f"--axis: expected one of {', '.join(cap.axes)}, got {axis!r}", 2)
     x = cap.samples[:, k]
     rate = cap.rate_hz
     f, spec = amplitude_spectrum(x, rate)
@@ -217,7 +217,7 @@ def spectrum_fmax(rate: float) -> float:
 
 def draw(cap: Capture, a: Analysis, path: Path) -> dict[str, Any]:
     """Render the three panels to a PNG; returns the panels (data-to-pixel mappings) for whoever wants them."""
-    from agent.cli_diag_plot import MARKERS, Canvas, Panel, write_png
+    from agent.cli.plot import MARKERS, Canvas, Panel, write_png
     c = Canvas(WIDTH, HEIGHT)
     unit = cap.unit or "units"
     c.text(LEFT, 8, f"{cap.sensor} axis {a.axis}: {len(a.x)} samples at {cap.rate_hz:g} Hz, rms {a.rms:.3g}, "
@@ -299,22 +299,22 @@ def text_plot(cap: Capture, a: Analysis) -> str:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     if not 0 < args.seconds <= MAX_SECONDS:
-        raise DiagError(f"--seconds: expected more than 0 and at most {MAX_SECONDS:g}, got {args.seconds:g}", 2)
+        raise CliError(f"--seconds: expected more than 0 and at most {MAX_SECONDS:g}, got {args.seconds:g}", 2)
     if args.shaft_hz is not None and args.shaft_hz <= 0:
-        raise DiagError(f"--shaft-hz: expected a positive number, got {args.shaft_hz:g}", 2)
+        raise CliError(f"--shaft-hz: expected a positive number, got {args.shaft_hz:g}", 2)
     out = Path(args.out) if args.out else None
     if out is not None:
         if out.suffix.lower() != ".png":
-            raise DiagError(f"--out: expected a file name ending in .png, got {out}", 2)
+            raise CliError(f"--out: expected a file name ending in .png, got {out}", 2)
         if not out.parent.exists():
-            raise DiagError(f"--out: directory {out.parent} does not exist", 2)
-    config = _config(args, required=True)
+            raise CliError(f"--out: directory {out.parent} does not exist", 2)
+    config = config_for(args, required=True)
     assert config is not None
     sensor = next((s for s in config.sensors if s.name == args.sensor), None)
     streams = [s.name for s in config.sensors if s.kind == "stream"]
     if sensor is None or sensor.kind != "stream":
         what = "a slow sensor (capture needs a stream sensor)" if sensor is not None else "not configured"
-        raise DiagError(f"{args.sensor!r} is {what}; stream sensors in {config.source}: "
+        raise CliError(f"{args.sensor!r} is {what}; stream sensors in {config.source}: "
                         f"{', '.join(streams) or 'none'}", 2)
     state_dir = state_dir_for(args, config)
     path, doc = (None, None) if args.direct else find_service(args, state_dir)
@@ -334,12 +334,12 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_capture(sub: argparse._SubParsersAction, common: Any, with_errors: Any) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("capture", help="record a raw window of a stream sensor: waveform, spectrum, envelope spectrum",
                        description="Records N seconds of raw samples (from the running service, else straight from "
                                    "the driver) and draws waveform, spectrum and envelope spectrum with the bearing "
                                    "defect frequencies marked: a PNG with --out, a text plot without.")
-    common(p, socket=True)
+    add_diag_args(p, socket=True)
     p.add_argument("sensor", metavar="SENSOR", help="a stream sensor's name from the config")
     p.add_argument("--seconds", "-s", type=float, default=1.0, metavar="N", help="window length (default 1 s)")
     p.add_argument("--out", "-o", metavar="FILE.png", help="write a PNG (default: a text plot)")
