@@ -3,9 +3,11 @@ spectrum and envelope spectrum with the bearing defect frequencies marked.
 
 The window comes from the running service (through its status socket: the service owns the hardware, and the
 capture is also stored as a `capture` record) or, when the service is not running, straight from the driver through
-the HAL. The analysis is NumPy only (Hann-windowed amplitude spectrum; envelope = magnitude of the analytic signal
-of the band-passed window); the bearing frequencies come from `agent.signal.bearings` and the sensor's `features`
-table (`bearing`, `shaft_hz`, `envelope.band`), or from --bearing/--shaft-hz. Without --out, a text plot.
+the HAL. The analysis is NumPy only: the signal core's Hann-windowed amplitude spectrum (`agent.signal.spectrum`);
+envelope = magnitude of the analytic signal of the band-passed window (its own FFT brick-wall band-pass and "auto"
+band choice, not yet the kernels'); the bearing frequencies come from `agent.signal.bearings.geometry` and the
+sensor's `features` table (`bearing`, `shaft_hz`, `envelope.band`), or from --bearing/--shaft-hz. Without --out, a
+text plot.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from agent.cli.common import CliError, add_diag_args, config_for, find_service, state_dir_for, with_errors
+from agent.signal.spectrum import amplitude_spectrum
 
 MAX_SECONDS = 60.0
 
@@ -123,17 +126,6 @@ def from_driver(config: Any, sensor_cfg: Any, seconds: float) -> Capture:
 
 # -- analysis -------------------------------------------------------------------------------------------------------
 
-def _hann(n: int) -> np.ndarray:
-    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
-
-
-def amplitude_spectrum(x: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """Single-sided amplitude spectrum of a Hann-windowed signal (a sine of amplitude A shows as A)."""
-    w = _hann(len(x))
-    spec = np.abs(np.fft.rfft((x - x.mean()) * w)) * 2.0 / w.sum()
-    return np.fft.rfftfreq(len(x), 1.0 / rate), spec
-
-
 def _kurtosis(y: np.ndarray) -> float:
     y = y - y.mean()
     v = float((y * y).mean())
@@ -167,11 +159,7 @@ def bearing_markers(features: Any, bearing: str | None, shaft_hz: float | None) 
     if not spec or shaft <= 0:
         return {}, shaft
     try:
-        if isinstance(spec, str):
-            geometry = bearings.preset(spec)
-        else:
-            geometry = bearings.BearingGeometry(int(spec["balls"]), float(spec["ball_diameter"]),
-                                                float(spec["pitch_diameter"]), float(spec.get("contact_angle", 0)))
+        geometry = bearings.geometry(spec)
     except (ValueError, KeyError, TypeError) as e:
         raise CliError(f"bearing: {e}", 2) from None
     return geometry.frequencies(shaft), shaft

@@ -36,7 +36,7 @@ from hal.drivers.base import address_option
 from hal.errors import ConfigurationError, HalError, WrongDevice
 from hal.i2c import I2CDevice, open_i2c
 from hal.options import Option, in_range, positive
-from hal.types import Block, Quality, now_ns
+from hal.types import STANDARD_GRAVITY, Block, Quality, now_ns
 
 log = logging.getLogger("hal.adxl345")
 
@@ -54,7 +54,6 @@ FIFO_DEPTH = chip.FIFO_DEPTH
 RANGE_BITS = chip.RANGE_CODES
 RATE_CODES = {int(r): code for r, code in chip.RATE_CODES.items() if r >= 25}  # the rates offered
 SCALE_G_PER_LSB = chip.SCALE_G_PER_LSB
-STANDARD_GRAVITY = 9.80665  # m/s² per g
 
 
 def raw_to_ms2(raw: np.ndarray) -> np.ndarray:
