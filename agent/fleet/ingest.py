@@ -293,7 +293,7 @@ class Ingest:
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
-        c.reconnect_delay_set(0.2, 5)
+        c.reconnect_delay_set(0.1, 1)  # back before the agents: see docs/fleet.md, broker restarts
         return c
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
