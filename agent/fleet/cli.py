@@ -54,7 +54,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         ingest = Ingest(args.broker, _db(args), prefix=args.prefix, group=args.group, client_id=args.client_id,
                         batch_max=args.batch, batch_ms=args.batch_ms, receive_max=args.receive_max,
-                        username=args.username, password=password)
+                        username=args.username, password=password, leave=args.leave)
     except ValueError as e:
         print(f"edge-agent: --broker: {e}", file=sys.stderr)
         return 2
@@ -109,6 +109,9 @@ def register(sub: Any) -> None:
     p.add_argument("--username", help="MQTT user name")
     p.add_argument("--password-env", help="environment variable holding the MQTT password")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--leave", action="store_true",
+                   help="retire this --client-id for good: unsubscribe, store what the broker still holds for it, "
+                        "end its session (a member that is simply gone keeps receiving its share until then)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_ingest)
 

@@ -244,7 +244,8 @@ class Ingest:
     def __init__(self, broker_url: str, dsn: str, *, prefix: str = "edge", group: str = "edge-ingest",
                  client_id: str | None = None, batch_max: int = 5000, batch_ms: float = 50.0,
                  receive_max: int = 1000, session_expiry_s: int = 7 * 24 * 3600, username: str | None = None,
-                 password: str | None = None, keepalive_s: int = 30, fold_interval_s: float = 1.0) -> None:
+                 password: str | None = None, keepalive_s: int = 30, fold_interval_s: float = 1.0,
+                 leave: bool = False) -> None:
         from agent.config import Broker
         self.broker = Broker.parse(broker_url)
         self.dsn = dsn
@@ -258,6 +259,7 @@ class Ingest:
         self.username, self.password = username, password
         self.keepalive_s = keepalive_s
         self.fold_interval_s = fold_interval_s
+        self.leave = leave  # retire this member: unsubscribe, store what the broker still holds, end the session
         self.stats = IngestStats()
         self.data_topic = f"{prefix}/+/+/+"
         self.sub_topic = f"$share/{group}/{self.data_topic}" if group else self.data_topic
@@ -292,6 +294,7 @@ class Ingest:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
         c.on_message = self._on_message
         c.reconnect_delay_set(0.1, 1)  # back before the agents: see docs/fleet.md, broker restarts
         return c
@@ -304,7 +307,14 @@ class Ingest:
         self._connected.set()
         log.info("connected to %s as %s (session %s)", self.broker.url, self.client_id,
                  "resumed" if flags.session_present else "new")
-        client.subscribe([(self.sub_topic, 1), (self.status_topic, 1)])
+        if self.leave:
+            client.unsubscribe([self.sub_topic, self.status_topic])
+        else:
+            client.subscribe([(self.sub_topic, 1), (self.status_topic, 1)])
+
+    def _on_unsubscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        log.info("unsubscribed from %s; storing what the session still holds", self.sub_topic)
+        self._subscribed.set()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         bad = [str(rc) for rc in reason_codes if rc.is_failure]
@@ -520,13 +530,17 @@ class Ingest:
         elif ready is not None:
             ready.set()
         batch = Batch()
-        last_fold = time.monotonic()
+        last_fold = last_message = time.monotonic()
         try:
             while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                if self.leave and self._subscribed.is_set() and not batch.messages and self._queue.empty() \
+                        and time.monotonic() - last_message > 2.0:
+                    break  # nothing more in the session (the broker sends what it queued right after CONNACK)
                 wait = self.batch_s if not batch.messages else max(
                     0.0, batch.first_at + self.batch_s - time.monotonic())
                 try:
                     m = self._queue.get(timeout=min(wait, 0.2))
+                    last_message = time.monotonic()
                     while True:
                         self._classify(m)
                         self._add(batch, m)
@@ -551,7 +565,16 @@ class Ingest:
             if self._conn is not None:
                 fold(self._conn, wait=False)
         finally:
-            client.disconnect()
+            self._stop.set()
+            if self.leave and self._subscribed.is_set():
+                from paho.mqtt.packettypes import PacketTypes
+                from paho.mqtt.properties import Properties
+                props = Properties(PacketTypes.DISCONNECT)
+                props.SessionExpiryInterval = 0  # end the session: the group no longer counts this member
+                client.disconnect(properties=props)
+                log.info("left the group %r: session %s ended", self.group, self.client_id)
+            else:
+                client.disconnect()
             client.loop_stop()
             self._drop_db()
         log.info("ingest stopped: %s", self.stats.line())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,5 +191,34 @@ def test_a_late_gap_event_closes_the_hole_it_explains(tmp_path: Path, fleet_db: 
     finally:
         r1.stop()
         r2.stop()
+        pub.close()
+        b.stop()
+
+
+def test_a_retired_member_leaves_the_group_without_losing_its_share(tmp_path: Path, fleet_db: str) -> None:
+    """A member that is gone keeps its share queued in its session; `--leave` stores that share and ends the
+    session, so the rest of the group gets everything afterwards."""
+    b = MosquittoBroker(tmp_path, persistent=True).start()
+    r1 = Running(b.port, fleet_db, group="g", client_id="stay")
+    r2 = Running(b.port, fleet_db, group="g", client_id="gone")
+    r2.stop()  # disconnects, keeping its session: it still takes a share of the group's messages
+    pub = Publisher(b.port)
+    try:
+        for s in range(0, 40, 2):
+            pub.send("m3", [rec("p", s), rec("p", s + 1)])
+        assert wait(lambda: r1.ingest.stats.messages >= 5, 30)
+        time.sleep(1.0)  # the rest of its share
+        n1 = r1.ingest.stats.messages
+        assert n1 < 20, "the departed member's session should have taken part of the load"
+        leaver = Ingest(f"mqtt://127.0.0.1:{b.port}", fleet_db, group="g", client_id="gone", leave=True,
+                        batch_ms=20)
+        assert leaver.run(duration_s=60) == 0
+        assert leaver.stats.messages == 20 - n1
+        for s in range(40, 60, 2):
+            pub.send("m3", [rec("p", s), rec("p", s + 1)])
+        assert wait(lambda: r1.ingest.stats.messages == n1 + 10, 30), r1.ingest.stats
+        assert q(fleet_db, "SELECT count(DISTINCT seq) FROM readings") == [(60,)]
+    finally:
+        r1.stop()
         pub.close()
         b.stop()
