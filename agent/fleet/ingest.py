@@ -13,7 +13,8 @@ again after a crash. PUBACKs go out in the order the messages arrived, and only 
 
 Batching: records are parsed and checked in Python, copied (COPY) into per-connection temporary tables and moved
 into the real tables with one `INSERT ... SELECT ... ORDER BY key ON CONFLICT DO NOTHING` per table, which also
-appends the ranges of seqs it inserted to `arrivals`; agent/fleet/gaps.py folds those into watermarks and holes.
+appends the runs of seqs it inserted (from RETURNING) to `arrivals`; agent/fleet/gaps.py folds those into
+watermarks and holes.
 
 Bad input (a body that is not JSON, a record without a seq, an agent or stream that contradicts its topic) is
 logged with the topic and the reason, counted, stored in `rejected` and acknowledged: it would be rejected again on
@@ -74,6 +75,25 @@ def ensure_schema(conn: Any) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(4242020)")
         conn.execute(schema_sql())
+
+
+def runs(new: list[tuple[str, str, int]], kind: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Runs of consecutive seqs among the rows just inserted -> arrivals rows (agent, stream, kind, first, last, n,
+    time of the run's last record)."""
+    ts = {(r[0], r[1], r[2]): r[3] for r in rows}
+    out: list[tuple[Any, ...]] = []
+    run: list[Any] = []
+    for a, s, q in sorted(new):
+        if run and run[0] == a and run[1] == s and q == run[4] + 1:
+            run[4] = q
+            run[5] += 1
+        else:
+            if run:
+                out.append((*run[:6], ts[(run[0], run[1], run[4])]))
+            run = [a, s, kind, q, q, 1]
+    if run:
+        out.append((*run[:6], ts[(run[0], run[1], run[4])]))
+    return out
 
 
 class BadMessage(ValueError):
@@ -366,6 +386,7 @@ class Ingest:
         statuses, rejects. Returns the number of new rows."""
         conn = self._conn
         inserted = 0
+        arrivals: list[tuple[Any, ...]] = []
         with conn.cursor() as cur:
             for kind, (table, cols) in TABLES.items():
                 rows = batch.rows.get(table)
@@ -375,19 +396,12 @@ class Ingest:
                 with cur.copy(f"COPY stage_{table} ({allcols}) FROM STDIN") as cp:
                     for r in rows:
                         cp.write_row(r)
-                cur.execute(f"""
-                    WITH ins AS (
-                        INSERT INTO {table} ({allcols})
-                        SELECT {allcols} FROM stage_{table} ORDER BY agent, stream, seq
-                        ON CONFLICT (agent, stream, seq) DO NOTHING
-                        RETURNING agent, stream, seq, ts, received),
-                    runs AS (
-                        SELECT agent, stream, seq, ts, received,
-                               seq - row_number() OVER (PARTITION BY agent, stream ORDER BY seq) AS grp FROM ins)
-                    INSERT INTO arrivals (agent, stream, kind, first_seq, last_seq, n, last_ts, at)
-                    SELECT agent, stream, %s, min(seq), max(seq), count(*), max(ts), max(received)
-                    FROM runs GROUP BY agent, stream, grp RETURNING n""", (kind,))
-                inserted += sum(r[0] for r in cur.fetchall())
+                cur.execute(f"INSERT INTO {table} ({allcols}) SELECT {allcols} FROM stage_{table} "
+                            "ORDER BY agent, stream, seq ON CONFLICT (agent, stream, seq) DO NOTHING "
+                            "RETURNING agent, stream, seq")
+                new = cur.fetchall()
+                inserted += len(new)
+                arrivals.extend(runs(new, kind, rows))
             if "events" in batch.rows:
                 gap_rows = []
                 for r in batch.rows["events"]:
@@ -403,6 +417,11 @@ class Ingest:
                         "INSERT INTO arrivals (agent, stream, kind, first_seq, last_seq, n, last_ts, at) "
                         "VALUES (%s, %s, 'gap', %s, %s, 0, NULL, now())",
                         [(g[0], g[1], g[2], g[3]) for g in gap_rows])
+            if arrivals:
+                cur.execute("INSERT INTO arrivals (agent, stream, kind, first_seq, last_seq, n, last_ts, at) "
+                            "SELECT a, s, k, f, l, n, t, now() FROM unnest(%s::text[], %s::text[], %s::text[], "
+                            "%s::bigint[], %s::bigint[], %s::bigint[], %s::timestamptz[]) AS u(a, s, k, f, l, n, t)",
+                            [list(c) for c in zip(*arrivals)])
             for agent, body in batch.statuses:
                 cur.execute(
                     "INSERT INTO agents (agent, status, version, config, boot, status_ts, status_at) "
