@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -190,6 +191,7 @@ def main() -> None:
     finally:
         broker.stop()
         pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores (load {load[0]:.1f}), Python "
           f"{platform.python_version()}, PostgreSQL {pg.bindir.parent.name} (fsync on), {args.records:,} readings of "

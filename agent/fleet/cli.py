@@ -20,7 +20,8 @@ DB_HELP = "PostgreSQL connection string, e.g. postgresql://ingest@db/edge (defau
 def _db(args: argparse.Namespace) -> str:
     dsn = args.db or os.environ.get("EDGE_AGENT_DB", "")
     if not dsn:
-        raise SystemExit("edge-agent: expected --db postgresql://... (or EDGE_AGENT_DB), found neither")
+        print("edge-agent: expected --db postgresql://... (or EDGE_AGENT_DB), found neither", file=sys.stderr)
+        raise SystemExit(2)
     return dsn
 
 
