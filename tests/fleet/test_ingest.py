@@ -223,3 +223,23 @@ def test_a_retired_member_leaves_the_group_without_losing_its_share(tmp_path: Pa
         r1.stop()
         pub.close()
         b.stop()
+
+
+def test_a_value_postgresql_refuses_rejects_only_its_message(tmp_path: Path, fleet_db: str) -> None:
+    b = MosquittoBroker(tmp_path).start()
+    run = Running(b.port, fleet_db, group="", client_id="solo")  # --group '': a plain subscription
+    pub = Publisher(b.port)
+    try:
+        run.ingest.batch_s = 1.0  # both messages in one transaction
+        pub.send("m4", [rec("t", 0)])
+        pub.send("m4", [rec("t", 1, unit="a\u0000b", value=1.0)])  # text with NUL: PostgreSQL refuses it
+        pub.send("m4", [rec("t", 2)])
+        assert wait(lambda: run.ingest.stats.messages == 3, 30), run.ingest.stats
+    finally:
+        run.stop()
+        pub.close()
+        b.stop()
+    assert q(fleet_db, "SELECT seq FROM readings ORDER BY seq") == [(0,), (2,)]
+    (topic, reason), = q(fleet_db, "SELECT topic, reason FROM rejected")
+    assert topic == "edge/m4/reading/t" and "PostgreSQL refused it" in reason
+    assert run.ingest.stats.rejected == 1
