@@ -33,7 +33,6 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -294,7 +293,6 @@ class Ingest:
         self._stop = threading.Event()
         self._conn: Any = None
         self._client: Any = None
-        self.on_commit: Callable[[Batch], None] | None = None  # for tests and the bench
 
     # -- MQTT (paho's network thread) -------------------------------------------------------------------------
 
@@ -517,8 +515,6 @@ class Ingest:
         st.inserted += inserted
         st.rejected += len(batch.rejected)
         self._ack(batch)
-        if self.on_commit is not None:
-            self.on_commit(batch)
 
     def _ack(self, batch: Batch) -> None:
         """PUBACK, in arrival order, what this transaction stored. Messages of an earlier connection are left

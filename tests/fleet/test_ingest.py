@@ -3,7 +3,6 @@ and the fleet view. A deterministic publisher speaks the agents' wire format (ag
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
