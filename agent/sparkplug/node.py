@@ -104,8 +104,9 @@ def _coerce(datatype: int, value: Any) -> Any:
     return _NO_VALUE
 
 
-def _set_value(m: Any, datatype: int, value: Any) -> None:
-    m.datatype = datatype
+def _set_value(m: Any, datatype: int, value: Any, with_type: bool = True) -> None:
+    if with_type:  # births only: DATA SHOULD NOT carry it (tck-id-payloads-metric-datatype-not-req)
+        m.datatype = datatype
     if value is None:
         m.is_null = True
     elif datatype == proto.DOUBLE:
@@ -519,7 +520,7 @@ class SparkplugFormat:
                 m.timestamp = ts
                 if historical:
                     m.is_historical = True
-                _set_value(m, met.spec.datatype, value)
+                _set_value(m, met.spec.datatype, value, with_type=False)
                 if quality != "good" or changed_quality:
                     _add_quality(m, quality)
         readings = dev.readings
