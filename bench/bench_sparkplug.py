@@ -2,7 +2,7 @@
 Mosquitto, every message decoded with Eclipse Tahu's schema (tests/sparkplug_tahu.py, not the project's payload
 code) and checked in arrival order. Prints a table. Not a test, not a benchmark against a reference: a measurement.
 
-    .venv/bin/python bench/bench_sparkplug.py [--seconds 30] [--sessions 2] [--qos 0]
+    .venv/bin/python bench/bench_sparkplug.py [--seconds 30] [--sessions 2] [--qos 0] [--scenario demo]
 
 Reports: messages per type; ordering and payload violations by Sparkplug assertion id (tck-id-...); the bdSeq of
 every NBIRTH and NDEATH; the largest DBIRTH (bytes, device); the time from CONNACK to the last DBIRTH of each
@@ -49,11 +49,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each session after its NBIRTH")
     ap.add_argument("--sessions", type=int, default=2)
     ap.add_argument("--qos", type=int, default=0, choices=(0, 1), help="sparkplug.data_qos")
+    ap.add_argument("--scenario", default="", help="plant scenario (`edge-agent run --scenario`), e.g. demo")
+    ap.add_argument("--speed", type=float, default=0.0, help="plant speed (`edge-agent run --speed`)")
     args = ap.parse_args()
     if Payload is None:
         print("mqtt-spb-wrapper is not installed (pip install --no-deps mqtt-spb-wrapper==2.1.2)", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="bench-sparkplug-", dir="."))
+    work = Path(tempfile.mkdtemp(prefix="bench-sparkplug-"))
     # a subscriber that keeps its session: a stalled machine (keep-alive timeouts) must not hide messages from it
     broker = MosquittoBroker(work, extra_conf="queue_qos0_messages true\n").start()
     msgs: list[tuple[float, str, bytes]] = []
@@ -75,6 +77,8 @@ def main() -> int:
     cfg.write_text(plant_config(broker.port, args.qos))
     env = dict(os.environ, NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".venv" / "numba-cache")))
     exe = [sys.executable, "-m", "agent", "run", "--config", str(cfg), "--state-dir", str(work / "state")]
+    exe += ["--scenario", args.scenario] if args.scenario else []
+    exe += ["--speed", str(args.speed)] if args.speed else []
 
     def count(kind: str) -> int:
         with lock:
@@ -120,7 +124,7 @@ def main() -> int:
         connack_to_last_dbirth.append(last_dbirth - nbirth_ts)
 
     print(f"Sparkplug B on the emulated plant (examples/plant.toml), {args.sessions} sessions of {args.seconds:g} s, "
-          f"data_qos {args.qos}, Python {sys.version.split()[0]}")
+          f"data_qos {args.qos}, scenario {args.scenario or 'none'}, Python {sys.version.split()[0]}")
     print("| measurement | result |\n|---|---:|")
     for kind in ("NBIRTH", "DBIRTH", "DDATA", "DDEATH", "NDEATH", "NDATA", "NCMD", "DCMD"):
         if check.counts.get(kind):

@@ -50,7 +50,7 @@ from agent import __version__
 from agent.config import Config
 from agent.records import Record
 from agent.sparkplug import proto
-from agent.sparkplug.metrics import AGENT_DEVICE, Catalog, MetricSpec, Router, catalog, record_metrics
+from agent.sparkplug.metrics import Catalog, MetricSpec, Router, catalog, record_metrics
 from agent.sparkplug.proto import Payload
 from hal.types import now_ns
 
@@ -199,9 +199,10 @@ class SparkplugFormat:
         self.config = uplink.config
         self.router = Router(list(self.config.sensors))
         self.devices: dict[str, _Device] = {}
-        self._pending: tuple[Config, Catalog] | None = None
         self._warned: set[str] = set()
-        self._apply(self.config, catalog(self.config, {}))  # replaced by describe() once the drivers exist
+        # until describe() names the drivers (the agent does before the uplink starts), a catalog of the
+        # configuration alone, built at the first birth
+        self._pending: tuple[Config, Catalog | None] | None = (self.config, None)
 
     def describe(self, config: Config, sources: dict[str, Any]) -> None:
         """The configuration and its drivers (at start and after a reload). Safe from any thread: applied on the
@@ -226,7 +227,8 @@ class SparkplugFormat:
         pending, self._pending = self._pending, None
         if pending is None:
             return False
-        self._apply(*pending)
+        config, cat = pending
+        self._apply(config, cat if cat is not None else catalog(config, {}))
         return True
 
     # -- persisted state --------------------------------------------------------------------------------------
@@ -470,14 +472,14 @@ class SparkplugFormat:
 
     def tick(self, client: mqtt.Client) -> None:
         """A reload's new configuration: a full rebirth before any record of it is published."""
-        if self._pending is not None and self.node_born:
+        if self._pending is not None and self._pending[1] is not None and self.node_born:
             self.stats.inc("sparkplug_rebirths")
             log.info("configuration changed: rebirth")
             self.birth(client)
 
     def encode(self, records: list[Record], historical: bool) -> list[tuple[str, bytes, int]]:
         out: list[tuple[str, bytes, int]] = []
-        if self._pending is not None:  # described between tick() and now: births first, still before any data
+        if self._pending is not None and self.node_born:  # described after tick(): births first, before any data
             self.stats.inc("sparkplug_rebirths")
             out.extend(self._birth_messages())
         device_id, _ = self.route(records[0].stream)
