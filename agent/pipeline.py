@@ -327,8 +327,10 @@ class Agent:
                     self.commands.stop()
                     self.commands = None
                 self._attach_commands()
+                self.uplink.describe(new, self._sources())
                 self.uplink.start()
-            self.uplink.describe(new, self._sources())  # Sparkplug: a full rebirth before the new sensors' data
+            else:
+                self.uplink.describe(new, self._sources())  # Sparkplug: a full rebirth before the new sensors' data
             self._start_acquisition()
             note = " (outbox settings apply at the next start)" if new.outbox != old_config.outbox else ""
             self.stats.inc("reloads")

@@ -228,6 +228,10 @@ def test_a_reload_with_a_changed_configuration_is_a_full_rebirth(broker, host, t
         ok, message = agent.reload()
         assert ok, message
         assert wait(lambda: len(host.of("DDATA", "parts")) >= 3)
+        ok, message = agent.reload()  # the same file again: nothing changed, nothing to announce
+        assert ok, message
+        n = len(host.of("DDATA", "parts"))
+        assert wait(lambda: len(host.of("DDATA", "parts")) >= n + 3)
     finally:
         agent.stop()
     assert len(host.of("NBIRTH")) == 2

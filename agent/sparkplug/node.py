@@ -200,6 +200,7 @@ class SparkplugFormat:
         self.router = Router(list(self.config.sensors))
         self.devices: dict[str, _Device] = {}
         self._warned: set[str] = set()
+        self._catalog: Catalog = {}
         # until describe() names the drivers (the agent does before the uplink starts), a catalog of the
         # configuration alone, built at the first birth
         self._pending: tuple[Config, Catalog | None] | None = (self.config, None)
@@ -207,11 +208,15 @@ class SparkplugFormat:
     def describe(self, config: Config, sources: dict[str, Any]) -> None:
         """The configuration and its drivers (at start and after a reload). Safe from any thread: applied on the
         uplink thread, with a full rebirth (NBIRTH, every DBIRTH) if the node is born."""
-        self._pending = (config, catalog(config, sources))
+        cat = catalog(config, sources)
+        if config.digest == self.config.digest and cat == self._catalog and self._pending is None:
+            return  # the same configuration read again: nothing to announce
+        self._pending = (config, cat)
 
     def _apply(self, config: Config, cat: Catalog) -> None:
         old = self.devices
         self.config = config
+        self._catalog = cat
         self.router = Router(list(config.sensors))
         self.devices = {}
         for device_id, specs in cat.items():
