@@ -169,10 +169,7 @@ class _Device:
     metrics: dict[str, _Metric] = field(default_factory=dict)
     born: bool = False
     bad: set[str] = field(default_factory=set)  # reading metrics whose last value was bad
-
-    @property
-    def readings(self) -> set[str]:
-        return {name for name, m in self.metrics.items() if m.spec.reading}
+    readings: set[str] = field(default_factory=set)  # the device's reading metrics (all bad: the device is dead)
 
 
 class SparkplugFormat:
@@ -227,6 +224,8 @@ class SparkplugFormat:
                 if prev is not None and prev.spec.datatype == spec.datatype:
                     met.value, met.timestamp_ms, met.quality = prev.value, prev.timestamp_ms, prev.quality
                 dev.metrics[name] = met
+                if spec.reading:
+                    dev.readings.add(name)
 
     def _take_pending(self) -> bool:
         pending, self._pending = self._pending, None
