@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "agent.cli.install",  # install, uninstall
     "agent.cli.sensornode",
     "agent.cli.signal",  # analyze, warmup
+    "agent.fleet.cli",  # ingest, fleet (the fleet side, docs/fleet.md)
 ]
 
 EPILOG = """\
