@@ -3,11 +3,11 @@ spectrum and envelope spectrum with the bearing defect frequencies marked.
 
 The window comes from the running service (through its status socket: the service owns the hardware, and the
 capture is also stored as a `capture` record) or, when the service is not running, straight from the driver through
-the HAL. The analysis is NumPy only: the signal core's Hann-windowed amplitude spectrum (`agent.signal.spectrum`);
-envelope = magnitude of the analytic signal of the band-passed window (its own FFT brick-wall band-pass and "auto"
-band choice, not yet the kernels'); the bearing frequencies come from `agent.signal.bearings.geometry` and the
-sensor's `features` table (`bearing`, `shaft_hz`, `envelope.band`), or from --bearing/--shaft-hz. Without --out, a
-text plot.
+the HAL. The analysis is the signal core's: the Hann-windowed amplitude spectrum (`agent.signal.spectrum`) and the
+envelope spectrum of the feature kernels (the sensor's `envelope.band`, or the "auto" band of highest spectral
+kurtosis: the band the published features use); the bearing frequencies come from `agent.signal.bearings.geometry`
+and the sensor's `features` table (`bearing`, `shaft_hz`), or from --bearing/--shaft-hz. Without --out, a text
+plot.
 """
 
 from __future__ import annotations
@@ -126,29 +126,36 @@ def from_driver(config: Any, sensor_cfg: Any, seconds: float) -> Capture:
 
 # -- analysis -------------------------------------------------------------------------------------------------------
 
-def _kurtosis(y: np.ndarray) -> float:
-    y = y - y.mean()
-    v = float((y * y).mean())
-    return float((y ** 4).mean() / (v * v)) if v > 0 else 0.0
+def envelope_spectrum(x: np.ndarray, rate: float, features: Any) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """The envelope spectrum as the feature kernels compute it (agent.signal.analyzer): the sensor's
+    `features.envelope.band`, or "auto" (the band of highest spectral kurtosis), so the plot shows what the published
+    `bpfo`/`bpfi`/... were computed from. (frequencies, amplitudes, (lo, hi) Hz); empty when the window is too short
+    for an "auto" band."""
+    from agent.signal.cache import configure_cache
+    try:
+        configure_cache()  # before Numba is imported: the service's compiled kernels
+    except (OSError, RuntimeError):
+        pass  # compiled in this process instead (or a caller configured it already)
+    from agent.signal import layout
+    from agent.signal.analyzer import Analyzer
+    from agent.signal.kernels import envelope_spectrum as kernel
 
-
-def envelope(x: np.ndarray, rate: float, band: tuple[float, float] | None) -> tuple[np.ndarray, tuple[float, float]]:
-    """|analytic signal| of x band-passed to `band` (FFT brick-wall); `band` None: the most impulsive of eight
-    bands between 2 % and 45 % of the sample rate (highest kurtosis of the band's envelope)."""
+    feats = dict(features or {})
+    env = feats.get("envelope")
+    feats["envelope"] = dict(env) if isinstance(env, dict) else {}  # the envelope on, whatever the config says
     n = len(x)
-    X = np.fft.fft(x - x.mean())
-    f = np.abs(np.fft.fftfreq(n, 1.0 / rate))
-
-    def env(lo: float, hi: float) -> np.ndarray:
-        Y = np.where((f >= lo) & (f <= hi), X, 0)
-        Y[np.fft.fftfreq(n) < 0] = 0  # analytic signal: drop negative frequencies, double the rest
-        return np.abs(np.fft.ifft(2 * Y))
-
-    if band is None:
-        edges = np.linspace(0.02 * rate, 0.45 * rate, 9)
-        candidates = [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
-        band = max(candidates, key=lambda ab: _kurtosis(env(*ab)))
-    return env(*band), band
+    try:
+        analyzer = Analyzer(feats, rate, n)
+    except ValueError as e:
+        raise CliError(f"features: {e}", 2) from None
+    row = analyzer.compute(np.ascontiguousarray(x, dtype=np.float64))[0]
+    lo, hi = float(row[layout.ENV_LO_HZ]), float(row[layout.ENV_HI_HZ])
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        return np.zeros(0), np.zeros(0), (0.0, 0.0)
+    df = rate / n
+    spec = np.fft.rfft(analyzer.window * (x - x.mean()))
+    _, amp = kernel(spec, int(round(lo / df)), int(round(hi / df)), analyzer.env_m, n)
+    return np.arange(len(amp)) * df, amp, (lo, hi)
 
 
 def bearing_markers(features: Any, bearing: str | None, shaft_hz: float | None) -> tuple[dict[str, float], float]:
@@ -175,14 +182,8 @@ def analyse(cap: Capture, axis: str | None, features: Any, bearing: str | None, 
     x = cap.samples[:, k]
     rate = cap.rate_hz
     f, spec = amplitude_spectrum(x, rate)
-    env_cfg = (features or {}).get("envelope")
-    band = None
-    if isinstance(env_cfg, dict) and isinstance(env_cfg.get("band"), list):
-        lo, hi = (float(v) for v in env_cfg["band"])
-        band = (lo, min(hi, rate / 2))
-    e, band = envelope(x, rate, band)
-    ef, espec = amplitude_spectrum(e, rate)
     markers, shaft = bearing_markers(features, bearing, shaft_hz)
+    ef, espec, band = envelope_spectrum(x, rate, features)
     return Analysis(cap.axes[k], np.arange(len(x)) / rate, x, f, spec, ef, espec, band, markers, shaft,
                     float(np.sqrt(np.mean((x - x.mean()) ** 2))), float(np.max(np.abs(x))))
 
