@@ -12,7 +12,8 @@ When the database grows past `max_mb`, the configured policy drops the oldest re
 the newest (`drop_newest`); with `max_age_h`, records older than that are dropped too (reason `expired`). Every
 dropped range is published as a `gap` event on stream `outbox`.
 
-Readers (the uplink, diagnostics) open their own connections with `Outbox.reader()`.
+Readers open their own connections: the uplink with `Outbox.reader()`, diagnostics and the status document with
+`OutboxView` (at the end of this module: every read query on the outbox tables lives here).
 """
 
 from __future__ import annotations
