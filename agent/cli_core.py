@@ -60,8 +60,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         configure_cache()
     except OSError as e:
         log.warning("Numba cache directory unusable (%s): kernels will be compiled at every start", e)
+    if any(s.kind == "stream" for s in config.sensors):  # load the kernels while the rest starts up
+        from agent.processing import KERNELS
+        KERNELS.start()
 
-    from agent.pipeline import Agent  # heavy imports (numba, paho) only now
+    from agent.pipeline import Agent  # heavy imports (paho, pymodbus) only now
 
     config_path = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None)
     if config.source == "<built-in demo>" and getattr(args, "scenario", None) is None:

@@ -155,7 +155,8 @@ class Agent:
         """Drivers, readers and processors for `config` (constructed, not started). Raises on a driver error."""
         self.context = HalContext(emulate=config.emulate, buses=config.buses, plant=self.plant, clock=self.clock)
         self.board = ValueBoard()  # recent slow values (a tachometer's shaft speed) for this pipeline's windows
-        self.processors: dict[str, Processor] = {s.name: make_processor(s, self.board) for s in config.sensors}
+        self.processors: dict[str, Processor] = {s.name: make_processor(s, self.board, background=True)
+                                                for s in config.sensors}  # kernels load while acquisition runs
         self._stop_readers = threading.Event()
         self._stop_processing = threading.Event()
         self.readers = [Reader(s, self.context, self._queue, self.stats, self._stop_readers) for s in config.sensors]

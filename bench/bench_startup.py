@@ -107,12 +107,19 @@ def time_import_numpy() -> float:
     return time.monotonic() - t0
 
 
-def time_first_features(port: int, cache: Path, work: Path, sub: FirstMessage, timeout: float = 120.0) -> float:
+def time_first_features(port: int, cache: Path, work: Path, sub: FirstMessage, timeout: float = 120.0,
+                        source: Path | None = None) -> float:
+    """Seconds from starting `edge-agent run` to its first features record on the broker. `source`: run the
+    agent package of another source tree (an older checkout, for an A/B comparison) with this venv."""
     state = Path(tempfile.mkdtemp(prefix="state-", dir=work))
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    cmd = AGENT
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+        cmd = [PY, "-m", "agent"]
     sub.arm()
     t0 = time.monotonic()
-    proc = subprocess.Popen(AGENT + ["run", "--broker", f"mqtt://127.0.0.1:{port}", "--state-dir", str(state),
+    proc = subprocess.Popen(cmd + ["run", "--broker", f"mqtt://127.0.0.1:{port}", "--state-dir", str(state),
                                      "--drain-s", "0.5"], env=env, stdout=subprocess.DEVNULL,
                             stderr=open(work / "agent.log", "ab"), cwd=work)
     try:
@@ -138,7 +145,7 @@ def summary(values: list[float]) -> tuple[float, float]:
     return min(values), statistics.median(values)
 
 
-def bench_startup(repeats: int, cold: int, work: Path) -> None:
+def bench_startup(repeats: int, cold: int, work: Path, baseline: Path | None = None) -> None:
     broker = MosquittoBroker(work).start()
     sub = FirstMessage(broker.port, "edge/demo/features/spindle_vibration")
     warm = work / "numba-warm"
@@ -146,17 +153,21 @@ def bench_startup(repeats: int, cold: int, work: Path) -> None:
     numpy_s: list[float] = []
     warm_s: list[float] = []
     cold_s: list[float] = []
+    base_s: list[float] = []
     try:
         for i in range(max(repeats, cold)):  # interleaved: numpy, warm agent, (cold agent), numpy, ...
             numpy_s.append(time_import_numpy())
             if i < repeats:
                 warm_s.append(time_first_features(broker.port, warm, work, sub))
+                if baseline is not None:
+                    base_s.append(time_first_features(broker.port, warm, work, sub, source=baseline))
             if i < cold:
                 cache = work / f"numba-cold-{i}"
                 cold_s.append(time_first_features(broker.port, cache, work, sub, timeout=600))
                 shutil.rmtree(cache, ignore_errors=True)
             print(f"  round {i + 1}: import numpy {numpy_s[-1]:.3f} s"
                   + (f", warm {warm_s[-1]:.3f} s" if i < repeats else "")
+                  + (f", baseline warm {base_s[-1]:.3f} s" if i < repeats and base_s else "")
                   + (f", cold {cold_s[-1]:.3f} s" if i < cold else ""), flush=True)
     finally:
         sub.close()
@@ -166,6 +177,8 @@ def bench_startup(repeats: int, cold: int, work: Path) -> None:
           f"{repeats} warm / {cold} cold repeats, interleaved with `python -c 'import numpy'`")
     print(f"  {'':<34} {'min s':>8} {'median s':>9} {'median / numpy':>15}")
     rows = [("python -c 'import numpy'", numpy_s), ("edge-agent run, warm Numba cache", warm_s)]
+    if base_s:
+        rows.append((f"baseline tree, warm ({baseline.name})", base_s))  # type: ignore[union-attr]
     if cold_s:
         rows.append(("edge-agent run, cold Numba cache", cold_s))
     for name, vals in rows:
@@ -257,6 +270,8 @@ def main() -> None:
     ap.add_argument("--cold", type=int, default=2, help="cold start-ups (default 2; each compiles every kernel)")
     ap.add_argument("--rss-s", type=float, default=20.0, help="seconds per footprint run (default 20)")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="also time (interleaved, warm) the agent of another source tree, e.g. an export of main")
     ap.add_argument("--skip-startup", action="store_true")
     args = ap.parse_args()
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
@@ -264,7 +279,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-startup-", dir=ROOT))
     try:
         if not args.skip_startup:
-            bench_startup(args.repeats, args.cold, work)
+            bench_startup(args.repeats, args.cold, work, args.baseline.resolve() if args.baseline else None)
         if not args.skip_rss:
             bench_footprint(args.rss_s, work)
     finally:
