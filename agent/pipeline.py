@@ -22,7 +22,7 @@ import numpy as np
 
 from agent.config import Config, SensorConfig
 from agent.outbox import Outbox
-from agent.processing import Processor, ValueBoard, make_processor
+from agent.processing import KERNELS, Processor, ValueBoard, make_processor
 from agent.records import Emit
 from agent.stats import Stats
 from agent.uplink import Uplink
@@ -42,8 +42,9 @@ class Reader(threading.Thread):
     """Reads one sensor and hands what it gets to the processing queue. Never dies of a sensor fault."""
 
     def __init__(self, sensor: SensorConfig, context: HalContext, out: queue.Queue[_Item], stats: Stats,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, start_after: threading.Event | None = None) -> None:
         super().__init__(name=f"reader-{sensor.name}", daemon=True)
+        self.start_after = start_after  # opens the source only once this is set (the kernels of a stream sensor)
         self.sensor = sensor
         self.context = context
         self.out = out
@@ -62,6 +63,9 @@ class Reader(threading.Thread):
         stage = f"reader.{self.sensor.name}"
         backoff = 1.0
         opened = False
+        while self.start_after is not None and not self.start_after.is_set() and not self.stop_event.is_set():
+            self.stats.progress(stage)  # waiting for the kernels (compiling, with a cold cache) is not being stuck
+            self.start_after.wait(0.5)
         while not self.stop_event.is_set():
             self.stats.progress(stage)
             try:
@@ -159,7 +163,11 @@ class Agent:
                                                 for s in config.sensors}  # kernels load while acquisition runs
         self._stop_readers = threading.Event()
         self._stop_processing = threading.Event()
-        self.readers = [Reader(s, self.context, self._queue, self.stats, self._stop_readers) for s in config.sensors]
+        # A stream sensor is read from when the kernels are ready: reading it while they load overran a 32-sample
+        # FIFO (the load holds the GIL for up to ~60 ms at a time), and its first window would need them anyway.
+        # Slow sensors start at once.
+        self.readers = [Reader(s, self.context, self._queue, self.stats, self._stop_readers,
+                               KERNELS.done if s.kind == "stream" else None) for s in config.sensors]
         self._processing = threading.Thread(target=self._process, args=(self._stop_processing, self.processors),
                                             name="processing", daemon=True)
 

@@ -13,9 +13,9 @@ A processor is plain, single-threaded code called by the pipeline's processing t
 is called about every 0.5 s with the wall clock; interval reports, heartbeats and state reports happen there.
 Processors of one pipeline share a `ValueBoard`, through which a stream sensor reads the shaft speed from a
 tachometer sensor. Numba is imported when the first stream processor is built, not when this module is: by
-`KERNELS`, on a thread of its own when the pipeline asks for it (`background=True`), so acquisition starts while the
-kernels load (the first window needs its samples anyway); windows that complete before they are ready wait in the
-processor (bounded) and are computed as soon as they are.
+`KERNELS`, on a thread of its own when the pipeline asks for it (`background=True`), so the rest of start-up runs
+while they load; the pipeline starts reading stream sensors when they are ready (see `agent.pipeline`). Windows
+that complete before they are ready wait in the processor (bounded) and are computed as soon as they are.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 import threading
 import time
 from collections import deque
@@ -45,7 +44,6 @@ log = logging.getLogger("edge_agent.processing")
 
 DEFAULT_HEARTBEAT_S = 300.0
 ZONE_WINDOWS = 3  # windows a new ISO zone must hold before a zone event
-LOAD_SWITCH_INTERVAL_S = 0.0005  # the GIL switch interval while the kernels load (CPython's default is 5 ms)
 PENDING_WINDOWS = 64  # windows a stream processor keeps while the kernels load; older ones are dropped and counted
 
 
@@ -61,7 +59,7 @@ class KernelLoader:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._done = threading.Event()
+        self.done = threading.Event()  # set when loaded, or when loading failed
         self._analyzer_class: Any = None
         self.error: BaseException | None = None
         self.seconds: float | None = None
@@ -74,10 +72,6 @@ class KernelLoader:
 
     def _load(self) -> None:
         t0 = time.perf_counter()
-        # Importing Numba is Python code holding the GIL; meanwhile readers must keep draining sensor FIFOs (an
-        # ADXL345's 32 samples last 20 ms at 1600 Hz). A shorter switch interval hands them the GIL sooner.
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, LOAD_SWITCH_INTERVAL_S))
         try:
             from agent.signal.analyzer import Analyzer  # imports Numba
 
@@ -88,19 +82,18 @@ class KernelLoader:
             self.error = e
             log.error("loading the feature kernels failed: %s: %s", type(e).__name__, e)
         finally:
-            sys.setswitchinterval(interval)
             self.seconds = time.perf_counter() - t0
-            self._done.set()
+            self.done.set()
             if self.error is None:
                 log.info("feature kernels ready in %.2f s", self.seconds)
 
     def ready(self) -> bool:
         """The kernels are loaded, or loading failed (then `wait()` raises)."""
-        return self._done.is_set()
+        return self.done.is_set()
 
     def wait(self, timeout: float | None = None) -> Any:
         self.start()
-        if not self._done.wait(timeout):
+        if not self.done.wait(timeout):
             raise TimeoutError(f"the feature kernels did not load within {timeout:g} s")
         if self.error is not None:
             raise RuntimeError(f"the feature kernels could not be loaded: {type(self.error).__name__}: "

@@ -242,8 +242,10 @@ def footprint(name: str, config: Path | None, seconds: float, port: int, cache: 
         if line.startswith("MODULES "):
             tops = json.loads(line[len("MODULES "):])
             mods = ", ".join(f"{m} {n}" for m, n in tops[:10])
+    anon = last.get("Anonymous", 0) / 1024
+    file = last.get("Rss", 0) / 1024 - anon
     print(f"  {name:<28} steady {steady:6.1f} MB  peak {last.get('VmHWM', 0) / 1024:6.1f} MB  "
-          f"anon {last.get('Anonymous', 0) / 1024:5.1f} MB  file {last.get('Rss', 0) / 1024 - last.get('Anonymous', 0) / 1024:5.1f} MB")
+          f"anon {anon:5.1f} MB  file {file:5.1f} MB (at the end)")
     if mods:
         print(f"  {'':<28} modules loaded (top packages by module count): {mods}")
 

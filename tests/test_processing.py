@@ -279,7 +279,7 @@ class GatedLoader(processing.KernelLoader):
         assert self.gate.wait(60)
         if self.fail:
             self.error = ImportError("no module named 'numba' (test)")
-            self._done.set()
+            self.done.set()
             return
         super()._load()
 
@@ -325,6 +325,6 @@ def test_a_kernel_load_failure_is_raised_by_the_processor(monkeypatch):
     x = np.random.default_rng(5).normal(size=(512, 1))
     assert run_stream(proc, x) == []
     loader.gate.set()
-    assert loader._done.wait(60)
+    assert loader.done.wait(60)
     with pytest.raises(RuntimeError, match="feature kernels could not be loaded.*numba"):
         run_stream(proc, x)
