@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -78,6 +80,9 @@ class KernelLoader:
             # analyze_window has one signature whatever the settings: one call loads (or compiles) all of it
             Analyzer({}, 1000.0, 64).compute(np.zeros((64, 1)))
             self._analyzer_class = Analyzer
+            released = release_compiler_pages()
+            if released:
+                log.debug("paged out %.0f MB of the LLVM library (needed again only to compile)", released / 2**20)
         except BaseException as e:  # reported to every processor that waits on it
             self.error = e
             log.error("loading the feature kernels failed: %s: %s", type(e).__name__, e)
@@ -99,6 +104,41 @@ class KernelLoader:
             raise RuntimeError(f"the feature kernels could not be loaded: {type(self.error).__name__}: "
                                f"{self.error}") from self.error
         return self._analyzer_class
+
+
+_MADV_PAGEOUT = 21  # Linux >= 5.4
+
+
+def release_compiler_pages(library: str = "libllvmlite.so") -> int:
+    """Ask Linux to page out the resident pages of LLVM's shared library; returns the bytes of RSS released.
+
+    LLVM is needed to compile a kernel and to load one from the cache, not to run it: once the kernels are
+    ready, its ~60-70 MB of file-backed pages only inflate the resident set (and the unit's memory accounting).
+    MADV_PAGEOUT reclaims them; should LLVM run again (a compile), they are read back from disk. Best effort:
+    does nothing (returns 0) where the call or /proc is not available.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        before = _rss_bytes()
+        with open("/proc/self/maps") as f:
+            ranges = [tuple(int(v, 16) for v in line.split()[0].split("-")) for line in f
+                      if line.rstrip().endswith(library)]
+        for lo, hi in ranges:
+            madvise(lo, hi - lo, _MADV_PAGEOUT)
+        return max(0, before - _rss_bytes()) if ranges else 0
+    except (OSError, AttributeError, ValueError):
+        return 0
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 KERNELS = KernelLoader()  # one per process: loading is per process, not per pipeline

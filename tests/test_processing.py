@@ -328,3 +328,14 @@ def test_a_kernel_load_failure_is_raised_by_the_processor(monkeypatch):
     assert loader.done.wait(60)
     with pytest.raises(RuntimeError, match="feature kernels could not be loaded.*numba"):
         run_stream(proc, x)
+
+
+def test_kernels_still_compute_the_same_after_their_compiler_pages_are_released():
+    proc = make_processor(stream_sensor({"bands": [[0, 400]], "sk": True, "envelope": {"band": "auto"}}, window=1024))
+    x = np.random.default_rng(6).normal(size=(2 * 1024, 1))
+    before = run_stream(proc, x[:1024])
+    released = processing.release_compiler_pages()
+    assert isinstance(released, int) and released >= 0
+    again = run_stream(make_processor(stream_sensor({"bands": [[0, 400]], "sk": True,
+                                                     "envelope": {"band": "auto"}}, window=1024)), x[:1024])
+    assert [e.payload for e in again] == [e.payload for e in before]
