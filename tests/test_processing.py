@@ -338,4 +338,4 @@ def test_kernels_still_compute_the_same_after_their_compiler_pages_are_released(
     assert isinstance(released, int) and released >= 0
     again = run_stream(make_processor(stream_sensor({"bands": [[0, 400]], "sk": True,
                                                      "envelope": {"band": "auto"}}, window=1024)), x[:1024])
-    assert [e.payload for e in again] == [e.payload for e in before]
+    assert before and [payload_json(e.payload) for e in again] == [payload_json(e.payload) for e in before]
