@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import OutboxConfig  # noqa: E402
 from agent.outbox import _SCHEMA, Outbox  # noqa: E402
-from agent.records import Emit, payload_json  # noqa: E402
+from agent.records import Emit, _clean, payload_json  # noqa: E402
 
 COMMIT_EVERY = 500
 
@@ -95,6 +95,33 @@ def outbox(d: Path, records: list[Emit], batch: int = 0) -> tuple[float, float]:
     return wall, cpu
 
 
+def encode_us(turns: int = 7) -> list[tuple[str, float, float]]:
+    """CPU µs per payload: `payload_json` (one cached encoder) vs `json.dumps(_clean(p), ...)` as it was before
+    (a new encoder and a recursive copy per record), interleaved, medians."""
+    import json
+
+    reading = {"value": 20.5, "unit": "degC"}
+    features = {"unit": "m/s2", "rate_hz": 1600.0, "n": 1600, "bands_hz": [[10.0, 100.0], [100.0, 400.0]],
+                "features": {a: {"rms": 1.23456, "peak": 3.2, "kurtosis": 3.1, "crest": 2.5, "velocity_rms": 1.1,
+                                 "zone": "A", "bands": [0.1, 0.2], "peaks": [[24.75, 0.3], [49.5, 0.1]]}
+                             for a in "xyz"}}
+    rows = []
+    for name, p in (("reading (2 fields)", reading), ("features (3 axes)", features)):
+        before = lambda p=p: json.dumps(_clean(p), separators=(",", ":"), allow_nan=False)  # noqa: E731
+        now = lambda p=p: payload_json(p)  # noqa: E731
+        assert before() == now()
+        t: dict[str, list[float]] = {"before": [], "now": []}
+        reps = 2000
+        for _ in range(turns):
+            for k, fn in (("before", before), ("now", now)):
+                c = time.process_time()
+                for _ in range(reps):
+                    fn()
+                t[k].append((time.process_time() - c) / reps * 1e6)
+        rows.append((name, statistics.median(t["before"]), statistics.median(t["now"])))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=20000)
@@ -134,6 +161,11 @@ def main() -> None:
         cpu = statistics.median(c for _, c in vals)
         print(f"| {name} | {min(rates):,.0f} | {statistics.median(rates):,.0f} | {cpu * 1e4 / n:.3f} | "
               f"{statistics.median(rates) / ref_med:.2f}x / {cpu / ref_cpu:.2f}x |")
+    print("\nJSON of one payload, CPU µs (median of 7 interleaved turns):")
+    print("| payload | json.dumps(_clean(p)) (before) | payload_json (cached encoder) | ratio |")
+    print("|---|---:|---:|---:|")
+    for name, before, now in encode_us():
+        print(f"| {name} | {before:.1f} | {now:.1f} | {before / now:.1f}x |")
     print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 
