@@ -163,8 +163,9 @@ class Agent:
                                                 for s in config.sensors}  # kernels load while acquisition runs
         self._stop_readers = threading.Event()
         self._stop_processing = threading.Event()
-        # A stream sensor is read from when the kernels are ready: reading it while they load overran a 32-sample
-        # FIFO (the load holds the GIL for up to ~60 ms at a time), and its first window would need them anyway.
+        # A stream sensor is read from when the kernels are ready: reading it while they load overran the ADXL345's
+        # 32-sample FIFO (the load holds the GIL for up to ~60 ms at a time; the FIFO lasts 40 ms at 800 Hz), and
+        # its first window would need them anyway.
         # Slow sensors start at once.
         self.readers = [Reader(s, self.context, self._queue, self.stats, self._stop_readers,
                                KERNELS.done if s.kind == "stream" else None) for s in config.sensors]
