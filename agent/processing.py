@@ -51,7 +51,8 @@ PENDING_WINDOWS = 64  # windows a stream processor keeps while the kernels load;
 
 class KernelLoader:
     """Imports the Numba kernels and loads their machine code (from the cache when it is warm, else compiling)
-    once per process, on a thread of its own, so that the caller can start acquisition meanwhile.
+    once per process, on a thread of its own, so that the rest of the agent starts meanwhile; then pages out the
+    LLVM library (`release_compiler_pages`).
 
     `start()` is idempotent and returns at once; `ready()` says whether the kernels are usable; `wait()` blocks
     until they are and returns the `Analyzer` class, or raises RuntimeError when loading failed.
@@ -114,7 +115,8 @@ def release_compiler_pages(library: str = "libllvmlite.so") -> int:
 
     LLVM is needed to compile a kernel and to load one from the cache, not to run it: once the kernels are
     ready, its ~60-70 MB of file-backed pages only inflate the resident set (and the unit's memory accounting).
-    MADV_PAGEOUT reclaims them; should LLVM run again (a compile), they are read back from disk. Best effort:
+    MADV_PAGEOUT reclaims the clean ones (read-only mappings: nothing goes to swap); should LLVM run again (a
+    compile), they are read back from disk. Best effort:
     does nothing (returns 0) where the call or /proc is not available.
     """
     if not sys.platform.startswith("linux"):
@@ -126,9 +128,9 @@ def release_compiler_pages(library: str = "libllvmlite.so") -> int:
         madvise = libc.madvise
         madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         before = _rss_bytes()
-        with open("/proc/self/maps") as f:
+        with open("/proc/self/maps") as f:  # read-only mappings only: code and constants, never written state
             ranges = [tuple(int(v, 16) for v in line.split()[0].split("-")) for line in f
-                      if line.rstrip().endswith(library)]
+                      if line.rstrip().endswith(library) and "w" not in line.split()[1]]
         for lo, hi in ranges:
             madvise(lo, hi - lo, _MADV_PAGEOUT)
         return max(0, before - _rss_bytes()) if ranges else 0
