@@ -154,6 +154,10 @@ class OutboxReader:
         self.conn.close()
 
 
+class _StillFull(sqlite3.OperationalError):
+    """The disk is still too full to try new records (raised without touching the database)."""
+
+
 class LostTally:
     """Records that left the agent without being committed (so without a seq), per stream: how many, and the
     time range of their values. Thread-safe: the producer side (a full queue) and the writer both add to it."""
@@ -339,7 +343,7 @@ class Outbox:
         self._depth = 0
         self._max_bytes = int(config.max_mb * 1024 * 1024)
         self._floor_bytes = int(config.min_free_mb * 1024 * 1024)
-        self._wal_limit = max(256 * 1024, min(4 * 1024 * 1024, self._max_bytes // 8))
+        self._wal_limit = max(64 * 1024, min(4 * 1024 * 1024, self._max_bytes // 8))  # cut to the file system
         self._reserve_bytes = 0
         self._page_size = 4096
         self._last_size_check = 0.0
@@ -352,11 +356,22 @@ class Outbox:
         self.lost_total = 0  # records of this run that left without being committed
         self.lost_saved: str = ""  # where the last tally went at shutdown (for the log line)
         self._nonfault_failures = 0
+        self._give_up_at = float("inf")
 
     # -- life cycle -------------------------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Create or open the database (raises OutboxError naming the path if that is impossible)."""
+        """Create or open the database (raises OutboxError naming the path if that is impossible). On a full disk,
+        the reserve is given back first: opening a WAL database needs a little space (its -shm and -wal files)."""
+        try:
+            self._open()
+        except OutboxError as e:
+            if fault_cause(str(e.__cause__ or e)) != "disk_full" or not self._release_reserve():
+                raise
+            self._open()
+
+    def _open(self) -> None:
+        self._next_seq, self._kinds = {}, {}
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             conn = _connect(self.path, self.config.synchronous)
@@ -399,8 +414,12 @@ class Outbox:
             log.warning("outbox.min_free_mb = %g MB is more than a quarter of the %.1f MB file system at %s: using "
                         "%.2f MB", self.config.min_free_mb, total / 2**20, self.state_dir, total / 4 / 2**20)
             self._floor_bytes = total // 4
-        # the reserve: a file given back to the file system when a full disk must be recovered from
-        self._reserve_bytes = max(64 * 1024, min(1024 * 1024, total // 16)) if total else 64 * 1024
+        # the WAL is checkpointed every wal_limit / 2 and truncated past wal_limit: at most 1/16 of the file system
+        if total:
+            self._wal_limit = max(64 * 1024, min(self._wal_limit, total // 16))
+        # the reserve: a file given back to the file system when a full disk must be recovered from; big enough for
+        # a checkpoint to move what the WAL holds into the database
+        self._reserve_bytes = max(64 * 1024, min(1024 * 1024, total // 8)) if total else 64 * 1024
         try:
             conn.execute(f"PRAGMA journal_size_limit={self._wal_limit}")
             conn.execute(f"PRAGMA wal_autocheckpoint={max(16, self._wal_limit // self._page_size // 2)}")
@@ -431,6 +450,7 @@ class Outbox:
         `outbox.lost` for the next start. Returns within about 2 x `timeout`."""
         if self._fault is None:
             self.flush(timeout)
+        self._give_up_at = time.monotonic() + timeout / 2  # then count what is left and stop trying
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -447,6 +467,8 @@ class Outbox:
                 pass
             self._conn.close()
             self._conn = None
+            if self._fault_cause == "disk_full":
+                self._ensure_reserve(at_stop=True)  # from what closing freed (-shm, -wal): the next start needs it
 
     # -- producer side ----------------------------------------------------------------------------------------
 
@@ -552,8 +574,13 @@ class Outbox:
                 if stopping:
                     return
                 continue
+            if stopping and time.monotonic() > self._give_up_at:
+                self._give_up(pending)
+                return
+            # while recovering from a full disk, commit in small steps: a big batch may never fit at once
+            batch = pending if self._fault_cause != "disk_full" else pending[:64]
             try:
-                self._commit(pending, acks)
+                self._commit(batch, acks)
             except sqlite3.Error as e:
                 self._on_fault(e)
                 if self._recover(acks):
@@ -575,12 +602,12 @@ class Outbox:
                 continue
             backoff = 0.1
             self._nonfault_failures = 0
-            if self._fault is not None:
-                log.warning("outbox writable again (%s): %d records committed", self.path, len(pending))
+            n = len(batch)
+            pending, acks = pending[n:], []
+            if self._fault is not None and not pending:
+                log.warning("outbox writable again (%s)", self.path)
                 self._fault = self._fault_cause = self._fault_since_ns = None
                 self.stats.set("outbox_fault", "")
-            n = len(pending)
-            pending, acks = [], []
             self._settle(n)
             if n:
                 for ev in self._listeners:
@@ -649,10 +676,11 @@ class Outbox:
                       {s: v[0] for s, v in tally.items()})
 
     def _on_fault(self, e: sqlite3.Error) -> None:
-        self.stats.inc("outbox_write_errors")
+        if not isinstance(e, _StillFull):
+            self.stats.inc("outbox_write_errors")
         msg = str(e)
         cause = fault_cause(e)
-        if self._fault != msg:
+        if self._fault_cause != cause:
             log.error("outbox write failed (%s): %s — keeping records in memory and retrying (%s)",
                       cause.replace("_", " "), msg, self.path)
         if self._fault is None:
@@ -707,22 +735,30 @@ class Outbox:
         if max_pages:
             left = min(left, max_pages)
         while left > 0:
-            step = min(left, 64)
+            step = min(left, 16)
             conn.execute(f"PRAGMA incremental_vacuum({step})").fetchall()
             self._checkpoint("TRUNCATE")
             left -= step
 
-    def _ensure_reserve(self) -> None:
-        """Keep `outbox.reserve` (a few hundred KB) while there is room: the space a full disk is recovered with."""
+    def _ensure_reserve(self, at_stop: bool = False) -> None:
+        """Keep `outbox.reserve` (a few hundred KB) while there is room: the space a full disk is recovered with.
+        At a stop on a full disk, whatever closing the database freed (at least 64 KB) is kept instead."""
         path = self.state_dir / RESERVE_NAME
-        if self._reserve_bytes <= 0 or path.exists() or self._fault is not None:
+        if self._reserve_bytes <= 0 or path.exists() or (self._fault is not None and not at_stop):
             return
         free = self._fs_free()
-        if free is None or free < self._reserve_bytes + self._floor_bytes + self._wal_limit:
+        if free is None:
+            return
+        size = self._reserve_bytes
+        if at_stop:
+            size = min(size, free - free % 4096)
+            if size < 64 * 1024:
+                return
+        elif free < self._reserve_bytes + self._floor_bytes + self._wal_limit:
             return
         try:
             with open(path, "wb") as f:
-                f.write(b"\0" * self._reserve_bytes)
+                f.write(b"\0" * size)
                 f.flush()
                 os.fsync(f.fileno())
         except OSError:
@@ -753,15 +789,24 @@ class Outbox:
             self._checkpoint("TRUNCATE")
         except sqlite3.Error:
             pass
-        done = False
-        if acks:
+        done = not acks
+        chunk = 256
+        i = 0
+        while i < len(acks):
+            # each deleted row rewrites part of a page into the WAL: on a nearly full disk, smaller transactions
+            # (the WAL truncated between them) need less space at once
             try:
-                for i in range(0, len(acks), 200):
-                    self._delete(acks[i:i + 200])
-                    self._checkpoint("TRUNCATE")
-                done = True
+                self._delete(acks[i:i + chunk])
+                self._checkpoint("TRUNCATE")
+                i += chunk
             except sqlite3.Error as e:
-                self._on_fault(e)
+                if chunk <= 4:
+                    log.debug("outbox: the deletes-only transaction failed too: %s", e)
+                    self._on_fault(e)
+                    break
+                chunk //= 4
+        else:
+            done = True
         try:
             self._vacuum()
             self._checkpoint("TRUNCATE")
@@ -856,6 +901,12 @@ class Outbox:
             need += len(body) + 100
         if bad:
             self._lose(bad)
+        if encoded and self._fault_cause == "disk_full":
+            free = self._fs_free()
+            if free is not None and free < 2 * need + self._reserve_bytes:
+                # recovering: new records wait until the deletes gave space back, so that they never take the
+                # space the recovery itself needs (a checkpoint, the next deletes)
+                raise _StillFull("database or disk is full (new records wait until acknowledged ones free space)")
         policy = self.config_policy()
         low = bool(encoded) and self._below_floor(2 * need)  # the WAL, then the database: written twice
         if low and policy == "drop_oldest":
@@ -1037,7 +1088,10 @@ class Outbox:
 
     def _enforce_bounds(self) -> None:
         """Age bound (`max_age_h`), then drop_oldest: while over the size bound, delete the oldest records; every
-        dropped range is published as a gap event."""
+        dropped range is published as a gap event. When the file system is tight, give free pages back."""
+        free = self._fs_free()
+        if free is not None and free < 2 * (self._floor_bytes + self._reserve_bytes + self._wal_limit):
+            self._vacuum(max_pages=256)
         if self.config.max_age_h > 0:
             cutoff = now_ns() - int(self.config.max_age_h * 3600e9)
             n = sum(map(len, self._drop("ts_ns < ?", (cutoff,), "expired").values()))
