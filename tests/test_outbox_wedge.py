@@ -316,3 +316,46 @@ def test_tally_saved_when_the_database_refuses_writes_is_published_once_at_next_
     assert [(g["reason"], g["gap_stream"], g["count"]) for g in gaps] == [("not_committed", "a", 15),
                                                                           ("not_committed", "b", 15)]
     assert gaps[0]["first_ts"] < gaps[0]["last_ts"]
+
+
+def test_doctor_and_status_say_the_outbox_is_wedged_why_and_the_fix(broker, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The running service's outbox refuses writes (SQLITE_READONLY, injected with `PRAGMA query_only` as a tmpfs
+    cannot be remounted read-only under an open database): `status` and `doctor` say it is wedged, why, the fix."""
+    from agent.cli import build_parser
+    from agent.cli_diag_doctor import Doctor
+    from agent.service import Service, read_status
+    from tests.agent_helpers import run_agent
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nid = "p"\n[mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
+                   '[[sensors]]\nname = "probe"\ndriver = "emulated.temperature"\ninterval_s = 0.1\n')
+    from agent.config import load
+    agent = run_agent(load(cfg, emulate=True), tmp_path / "state")
+    sock = tmp_path / "status.sock"
+    service = Service(agent, status_socket=sock, environ={})
+    service.ready()
+    try:
+        assert wait(lambda: agent.outbox.next_seq("probe") > 0)
+        agent.outbox._conn.execute("PRAGMA query_only = ON")
+        assert wait(lambda: agent.outbox.fault is not None, 20)
+        doc = read_status(sock)
+        ob = doc["outbox"]
+        assert ob["wedged"] is True and ob["fault_cause"] == "read_only" and "read-only" in ob["fix"]
+        args = build_parser().parse_args(["status", "--state-dir", str(tmp_path / "state"), "--socket", str(sock)])
+        assert args.func(args) == 0
+        out = capsys.readouterr().out
+        assert "WEDGED (read only)" in out and "fix:" in out
+        args = build_parser().parse_args(["doctor", "--config", str(cfg), "--state-dir", str(tmp_path / "state"),
+                                          "--socket", str(sock)])
+        doctor = Doctor(args)
+        doctor.run()
+        line = next(c for c in doctor.results if c.name == "outbox")
+        assert line.status == "FAIL" and line.message.startswith("WEDGED") and "read only" in line.message
+        assert "read-only" in line.hint
+        agent.outbox._conn.execute("PRAGMA query_only = OFF")
+        assert wait(lambda: agent.outbox.fault is None, 20)
+        assert read_status(sock)["outbox"]["wedged"] is False
+    finally:
+        service.stopping()
+        agent.stop(drain_s=0.5)
