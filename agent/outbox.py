@@ -876,8 +876,8 @@ class Outbox:
                                      "LIMIT ?)", (GAP_STREAM, chunk)).fetchone()
             if row[0] is None:
                 return  # nothing of ours left to drop: commit anyway, a full disk is then survived as a fault
-            n = sum(map(len, self._drop("id <= ?", (row[0],), "outbox_full", "min_free_mb").values()))
-            self.stats.inc("outbox_dropped_oldest", n)
+            n = sum(map(len, self._drop("id <= ?", (row[0],), "outbox_full", "min_free_mb",
+                                        counter="outbox_dropped_oldest").values()))
             self._checkpoint("TRUNCATE")
             if not n:
                 return
@@ -964,11 +964,14 @@ class Outbox:
             if lost:
                 self._lost.merge(lost)  # published with a later commit, or saved at shutdown
             raise
+        if dropped_newest:
+            self.stats.inc("outbox_dropped_newest", dropped_newest)
         if lost:
             self._lost_restored_gen = 0
             self.stats.inc("outbox_gap_events_not_committed", len(lost))
-        if dropped_newest:
-            self.stats.inc("outbox_dropped_newest", dropped_newest)
+        gap_events = sum(1 for r in rows if r[0] == GAP_STREAM)
+        if gap_events:
+            self.stats.inc("outbox_gap_events", gap_events)
         self._next_seq = next_seq
         self._kinds = kinds
         self._depth += len(rows) - deleted
@@ -1023,7 +1026,6 @@ class Outbox:
         next_seq[GAP_STREAM] = seq + 1
         kinds[GAP_STREAM] = "event"
         touched.add(GAP_STREAM)
-        self.stats.inc("outbox_gap_events")
         return (GAP_STREAM, seq, ts, "event", str(Quality.GOOD), payload_json(payload))
 
     def purge(self, streams: list[str] | None = None, before_ns: int | None = None) -> dict[str, list[int]]:
@@ -1050,8 +1052,8 @@ class Outbox:
             raise OutboxError(f"cannot purge {self.path}: {e}") from e
         return dropped
 
-    def _drop(self, where: str, params: tuple[Any, ...], reason: str,
-              limit: str | None = None) -> dict[str, list[int]]:
+    def _drop(self, where: str, params: tuple[Any, ...], reason: str, limit: str | None = None,
+              counter: str = "") -> dict[str, list[int]]:
         """Delete the records matching `where` (never gap events) in one transaction, with their gap events.
         Returns {stream: [dropped seqs]}."""
         assert self._conn is not None
@@ -1079,6 +1081,9 @@ class Outbox:
             "ON CONFLICT(stream) DO UPDATE SET next_seq = excluded.next_seq",
             [(s, kinds[s], next_seq[s]) for s in touched])
         conn.execute("COMMIT")
+        if counter:  # the loss first, then its gap events: a reader of the stats never sees events without it
+            self.stats.inc(counter, len(ids))
+        self.stats.inc("outbox_gap_events", len(gap_rows))
         self._next_seq, self._kinds = next_seq, kinds
         self._depth += len(gap_rows) - len(ids)
         self.stats.set("outbox_depth", self._depth)
@@ -1094,9 +1099,8 @@ class Outbox:
             self._vacuum(max_pages=256)
         if self.config.max_age_h > 0:
             cutoff = now_ns() - int(self.config.max_age_h * 3600e9)
-            n = sum(map(len, self._drop("ts_ns < ?", (cutoff,), "expired").values()))
+            n = sum(map(len, self._drop("ts_ns < ?", (cutoff,), "expired", counter="outbox_dropped_expired").values()))
             if n:
-                self.stats.inc("outbox_dropped_expired", n)
                 log.warning("outbox: dropped %d records older than %g h (published as gap events)", n,
                             self.config.max_age_h)
         if self.config_policy() != "drop_oldest" or not self._over_bound():
@@ -1110,7 +1114,7 @@ class Outbox:
                                      "LIMIT ?)", (GAP_STREAM, chunk)).fetchone()
             if row[0] is None:
                 break
-            n = sum(map(len, self._drop("id <= ?", (row[0],), "outbox_full", "max_mb").values()))
-            self.stats.inc("outbox_dropped_oldest", n)
+            n = sum(map(len, self._drop("id <= ?", (row[0],), "outbox_full", "max_mb",
+                                        counter="outbox_dropped_oldest").values()))
             if not n:
                 break

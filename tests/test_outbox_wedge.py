@@ -9,10 +9,8 @@ real uplink, and a deterministic producer (the test counts what it produced; not
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -206,11 +204,10 @@ def test_full_disk_recovers_without_restart_and_the_books_close(small_fs: Path, 
     broker.stop()
 
 
-def test_restart_on_a_still_full_disk(small_fs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_restart_on_a_still_full_disk(small_fs: Path, tmp_path: Path) -> None:
     """Wedged with the broker down (the outbox filled the file system itself), stopped (what could not be committed
     is counted: published as a gap event or kept in `outbox.lost`), started again on the same full disk with the
     broker back: recovers, publishes the tally, the books close across both runs."""
-    caplog.set_level(logging.INFO, "edge_agent.outbox")
     port = free_port()
     broker = MosquittoBroker(tmp_path, port, persistent=True).start()
     sub = Subscriber(port, "edge/t1/#", client_id="wedge-restart", persistent=True)
