@@ -356,3 +356,36 @@ def test_doctor_and_status_say_the_outbox_is_wedged_why_and_the_fix(broker, tmp_
     finally:
         service.stopping()
         agent.stop(drain_s=0.5)
+
+
+def test_agent_stop_while_wedged_and_the_broker_away_counts_everything(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM's path (Agent.stop) with the outbox refusing writes, no broker and a huge drain: it cuts the drain to
+    its budget, counts every record it could not commit, saves the tally, and says the true number; the next start
+    publishes it."""
+    import logging
+
+    from tests.agent_helpers import run_agent
+    caplog.set_level(logging.INFO)
+    state = tmp_path / "state"
+    agent = run_agent(small_config(free_port()), state)
+    assert wait(lambda: agent.outbox.next_seq("temp") > 0, 30)
+    agent.outbox._conn.execute("PRAGMA query_only = ON")  # as a card remounted read-only
+    assert wait(lambda: agent.outbox.fault is not None and agent.outbox.queue_depth() > 0, 30)
+    t0 = time.monotonic()
+    agent.stop(drain_s=600)
+    print(f"\nstop while wedged, broker away, drain_s=600: {time.monotonic() - t0:.1f} s")
+    ob = agent.outbox
+    at_stop = ob.stats.get("outbox_lost_at_shutdown")
+    assert at_stop > 0 and ob.lost_total == at_stop + ob.stats.get("outbox_dropped_queue_full")
+    assert any("rather than 600 s at shutdown" in r.message for r in caplog.records)
+    (line,) = [r.message for r in caplog.records if r.message.startswith("stopped in")]
+    assert f"{at_stop} records could not be committed at shutdown (saved in" in line, line
+    # the next start publishes the tally, per stream
+    ob2 = Outbox(state, OutboxConfig(commit_interval_ms=5))
+    ob2.start()
+    assert ob2.flush(10) and wait(lambda: not ob2.not_committed(), 10)
+    ob2.stop()
+    with sqlite3.connect(state / "outbox.db") as c:
+        gaps = [json.loads(p) for (p,) in c.execute("SELECT payload FROM records WHERE stream = ?", (GAP_STREAM,))]
+    assert sum(g["count"] for g in gaps if g["reason"] == "not_committed") == ob.lost_total
