@@ -103,7 +103,7 @@ class SparkplugConfig:
     group_id: str = ""
     edge_node_id: str = ""  # default: the agent id
     primary_host_id: str = ""  # wait for this host's STATE before BIRTH; empty: no primary host
-    data_qos: int = 1  # the spec says 0; 1 keeps the outbox's at-least-once guarantee up to the broker
+    data_qos: int = 0  # the spec's QoS 0; 1 is an opt-in deviation (README, "Sparkplug B 3.0": durability)
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ _SPARKPLUG_OPTIONS = [
     Option("edge_node_id", str, "", "edge node id (default: the agent id)", lambda v: None if not v else _SPARKPLUG_ID(v)),
     Option("primary_host_id", str, "", "primary host application id to wait for",
            lambda v: None if not v else _SPARKPLUG_ID(v)),
-    Option("data_qos", int, 1, "QoS of BIRTH/DATA messages (the spec says 0; 1 keeps at-least-once delivery)",
+    Option("data_qos", int, 0, "QoS of BIRTH/DATA messages (0 as the spec says; 1: PUBACK per message)",
            choices=(0, 1)),
 ]
 _COMMANDS_OPTIONS = [

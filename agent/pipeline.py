@@ -197,11 +197,16 @@ class Agent:
     def start(self) -> None:
         self.outbox.start()
         self._attach_commands()
+        self.uplink.describe(self.config, self._sources())
         self.uplink.start()
         self._start_acquisition()
         self.started.set()
         log.info("edge-agent running: agent %s, %d sensors, outbox %s, broker %s", self.config.agent.id,
                  len(self.readers), self.outbox.path, self.config.mqtt.broker.url)
+
+    def _sources(self) -> dict[str, object]:
+        """The drivers of the running configuration, by sensor name (they declare their channels)."""
+        return {r.sensor.name: r.source for r in self.readers}
 
     def queue_depths(self) -> dict[str, int]:
         """Items waiting between the stages (for health and status)."""
@@ -329,7 +334,10 @@ class Agent:
                     self.commands.stop()
                     self.commands = None
                 self._attach_commands()
+                self.uplink.describe(new, self._sources())
                 self.uplink.start()
+            else:
+                self.uplink.describe(new, self._sources())  # Sparkplug: a full rebirth before the new sensors' data
             self._start_acquisition()
             note = " (outbox settings apply at the next start)" if new.outbox != old_config.outbox else ""
             self.stats.inc("reloads")
