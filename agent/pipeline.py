@@ -31,6 +31,12 @@ from hal.types import Block, Quality, Reading, now_ns
 
 log = logging.getLogger("edge_agent.pipeline")
 
+# systemd/edge-agent.service: TimeoutStopSec=45. The stop keeps 5 s of margin for the process exit.
+# Split: readers 5 s + processing 5 s + commands (capture_max_s + 5, only with a capture running) + outbox flush
+# (<= 10 s, skipped while it cannot write) + uplink drain (what is left minus 20 s) + uplink close (<= connect
+# timeout + 2 s) + outbox stop (<= 4 s, then what is not committed is counted and saved).
+STOP_BUDGET_S = 40.0
+
 
 @dataclass
 class _Item:
@@ -180,13 +186,14 @@ class Agent:
     def _stop_acquisition(self) -> None:
         """Stop the readers, then let processing finish what they delivered."""
         self._stop_readers.set()
+        deadline = time.monotonic() + 5.0  # all readers together: the stop budget (see stop()) is shared
         for r in self.readers:
-            r.join(5.0)
+            r.join(max(0.0, deadline - time.monotonic()))
             if r.is_alive():
                 log.error("sensor %s did not stop within 5 s (a driver stuck in a read?)", r.sensor.name)
         self._stop_processing.set()
         if self._processing.is_alive():
-            self._processing.join(10.0)
+            self._processing.join(5.0)
         self.context.close()
 
     def _attach_commands(self) -> None:
@@ -348,14 +355,35 @@ class Agent:
             return True, f"reloaded {new.source} (sha256 {new.digest}){note}"
 
     def stop(self, drain_s: float = 3.0) -> None:
-        """Stop acquisition, process what was read, commit it all, publish for up to `drain_s`, close."""
+        """Stop acquisition, process what was read, commit it all, publish for up to `drain_s`, close; within
+        STOP_BUDGET_S in every state (the broker away, the disk full): `drain_s` is cut to what the budget leaves."""
+        t0 = time.monotonic()
+        end = t0 + STOP_BUDGET_S
+
+        def left() -> float:
+            return end - time.monotonic()
+
         log.info("stopping: flushing the outbox")
-        self._stop_acquisition()
+        self._stop_acquisition()  # readers <= 5 s together, processing <= 5 s
         if self.commands is not None:
             self.commands.stop()
-        committed = self.outbox.flush(10.0)
-        if not committed:
+        # commit what acquisition delivered (no waiting while the outbox cannot write: stop() counts it instead)
+        if self.outbox.fault is None and not self.outbox.flush(max(0.5, min(10.0, left() - 25.0))):
             log.error("could not commit every record before shutdown: %s", self.outbox.fault or "timeout")
-        self.uplink.stop(drain_s)
-        self.outbox.stop()
-        log.info("stopped: %d records left in the outbox for the next start", self.outbox.depth)
+        # publish for up to drain_s, keeping 20 s for the uplink's close (a connect in progress, the offline status)
+        # and the outbox's
+        drain = max(0.0, min(drain_s, left() - 20.0))
+        if drain < drain_s:
+            log.warning("publishing for %.1f s rather than %g s at shutdown, to stop within %g s (TimeoutStopSec)",
+                        drain, drain_s, STOP_BUDGET_S + 5)
+        self.uplink.stop(drain)
+        self.outbox.stop(timeout=max(1.0, min(4.0, left() - 1.0)))
+        at_stop = int(self.stats.get("outbox_lost_at_shutdown") or 0)
+        text = f"{self.outbox.depth} records left in the outbox for the next start"
+        if at_stop:
+            text += f"; {at_stop} records could not be committed at shutdown ({self.outbox.lost_saved})"
+        if self.outbox.lost_total:
+            text += (f"; {self.outbox.lost_total} records in all were not committed during this run, each counted "
+                     f"in a not_committed gap event")
+        log.log(logging.WARNING if self.outbox.lost_total else logging.INFO, "stopped in %.1f s: %s",
+                time.monotonic() - t0, text)
