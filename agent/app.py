@@ -46,8 +46,11 @@ def run(config: Config, state_dir: Path, options: RunOptions) -> int:
         configure_cache()
     except OSError as e:
         log.warning("Numba cache directory unusable (%s): kernels will be compiled at every start", e)
+    if any(s.kind == "stream" for s in config.sensors):  # load the kernels while the rest starts up
+        from agent.processing import KERNELS
+        KERNELS.start()
 
-    from agent.pipeline import Pipeline  # heavy imports (numba, paho) only now
+    from agent.pipeline import Pipeline  # heavy imports (paho, pymodbus) only now
 
     try:
         clock, plant, scenario = emulation(config, options.speed, options.scenario)

@@ -122,6 +122,7 @@ class OutboxConfig:
     max_mb: float = 256.0
     policy: str = "drop_oldest"
     max_age_h: float = 0.0  # 0: no age bound
+    min_free_mb: float = 4.0  # free-space floor on the state directory's file system (0: off)
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,8 @@ _OUTBOX_OPTIONS = [
            non_negative),
     Option("policy", str, "drop_oldest", "what to drop when the outbox is full",
            choices=("drop_oldest", "drop_newest")),
+    Option("min_free_mb", (int, float), 4.0, "keep this much of the file system free: below it the policy drops "
+           "records before SQLite runs out of space (0: off)", non_negative),
 ]
 _SENSOR_GENERIC = [
     Option("name", str, REQUIRED, "the sensor's name, used as its stream name", _name_check),

@@ -22,7 +22,7 @@ import numpy as np
 
 from agent.config import Config, SensorConfig
 from agent.outbox import Outbox
-from agent.processing import Processor, ValueBoard, make_processor
+from agent.processing import KERNELS, Processor, ValueBoard, make_processor
 from agent.records import Emit
 from agent.stats import Stats
 from agent.uplink import Uplink
@@ -30,6 +30,12 @@ from hal.sources import HalContext, open_source
 from hal.types import Block, Quality, Reading, now_ns
 
 log = logging.getLogger("edge_agent.pipeline")
+
+# systemd/edge-agent.service: TimeoutStopSec=45. The stop keeps 5 s of margin for the process exit.
+# Split: readers 5 s + processing 5 s + commands (capture_max_s + 5, only with a capture running) + outbox flush
+# (<= 10 s, skipped while it cannot write) + uplink drain (what is left minus 20 s) + uplink close (<= connect
+# timeout + 2 s) + outbox stop (<= 4 s, then what is not committed is counted and saved).
+STOP_BUDGET_S = 40.0
 
 
 @dataclass
@@ -42,8 +48,9 @@ class Reader(threading.Thread):
     """Reads one sensor and hands what it gets to the processing queue. Never dies of a sensor fault."""
 
     def __init__(self, sensor: SensorConfig, context: HalContext, out: queue.Queue[_Item], stats: Stats,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, start_after: threading.Event | None = None) -> None:
         super().__init__(name=f"reader-{sensor.name}", daemon=True)
+        self.start_after = start_after  # opens the source only once this is set (the kernels of a stream sensor)
         self.sensor = sensor
         self.context = context
         self.out = out
@@ -62,6 +69,9 @@ class Reader(threading.Thread):
         stage = f"reader.{self.sensor.name}"
         backoff = 1.0
         opened = False
+        while self.start_after is not None and not self.start_after.is_set() and not self.stop_event.is_set():
+            self.stats.progress(stage)  # waiting for the kernels (compiling, with a cold cache) is not being stuck
+            self.start_after.wait(0.5)
         while not self.stop_event.is_set():
             self.stats.progress(stage)
             try:
@@ -157,10 +167,16 @@ class Pipeline:
         """Drivers, readers and processors for `config` (constructed, not started). Raises on a driver error."""
         self.context = HalContext(emulate=config.emulate, buses=config.buses, plant=self.plant, clock=self.clock)
         self.board = ValueBoard()  # recent slow values (a tachometer's shaft speed) for this pipeline's windows
-        self.processors: dict[str, Processor] = {s.name: make_processor(s, self.board) for s in config.sensors}
+        self.processors: dict[str, Processor] = {s.name: make_processor(s, self.board, background=True)
+                                                for s in config.sensors}  # kernels load while acquisition runs
         self._stop_readers = threading.Event()
         self._stop_processing = threading.Event()
-        self.readers = [Reader(s, self.context, self._queue, self.stats, self._stop_readers) for s in config.sensors]
+        # A stream sensor is read from when the kernels are ready: reading it while they load overran the ADXL345's
+        # 32-sample FIFO (the load holds the GIL for up to ~60 ms at a time; the FIFO lasts 40 ms at 800 Hz), and
+        # its first window would need them anyway.
+        # Slow sensors start at once.
+        self.readers = [Reader(s, self.context, self._queue, self.stats, self._stop_readers,
+                               KERNELS.done if s.kind == "stream" else None) for s in config.sensors]
         self._processing = threading.Thread(target=self._process, args=(self._stop_processing, self.processors),
                                             name="processing", daemon=True)
 
@@ -172,13 +188,14 @@ class Pipeline:
     def _stop_acquisition(self) -> None:
         """Stop the readers, then let processing finish what they delivered."""
         self._stop_readers.set()
+        deadline = time.monotonic() + 5.0  # all readers together: the stop budget (see stop()) is shared
         for r in self.readers:
-            r.join(5.0)
+            r.join(max(0.0, deadline - time.monotonic()))
             if r.is_alive():
                 log.error("sensor %s did not stop within 5 s (a driver stuck in a read?)", r.sensor.name)
         self._stop_processing.set()
         if self._processing.is_alive():
-            self._processing.join(10.0)
+            self._processing.join(5.0)
         self.context.close()
 
     def _attach_commands(self) -> None:
@@ -340,17 +357,38 @@ class Pipeline:
             return True, f"reloaded {new.source} (sha256 {new.digest}){note}"
 
     def stop(self, drain_s: float = 3.0) -> None:
-        """Stop acquisition, process what was read, commit it all, publish for up to `drain_s`, close."""
+        """Stop acquisition, process what was read, commit it all, publish for up to `drain_s`, close; within
+        STOP_BUDGET_S in every state (the broker away, the disk full): `drain_s` is cut to what the budget leaves."""
+        t0 = time.monotonic()
+        end = t0 + STOP_BUDGET_S
+
+        def left() -> float:
+            return end - time.monotonic()
+
         log.info("stopping: flushing the outbox")
-        self._stop_acquisition()
+        self._stop_acquisition()  # readers <= 5 s together, processing <= 5 s
         if self.commands is not None:
             self.commands.stop()
-        committed = self.outbox.flush(10.0)
-        if not committed:
+        # commit what acquisition delivered (no waiting while the outbox cannot write: stop() counts it instead)
+        if self.outbox.fault is None and not self.outbox.flush(max(0.5, min(10.0, left() - 25.0))):
             log.error("could not commit every record before shutdown: %s", self.outbox.fault or "timeout")
-        self.uplink.stop(drain_s)
-        self.outbox.stop()
-        log.info("stopped: %d records left in the outbox for the next start", self.outbox.depth)
+        # publish for up to drain_s, keeping 20 s for the uplink's close (a connect in progress, the offline status)
+        # and the outbox's
+        drain = max(0.0, min(drain_s, left() - 20.0))
+        if drain < drain_s:
+            log.warning("publishing for %.1f s rather than %g s at shutdown, to stop within %g s (TimeoutStopSec)",
+                        drain, drain_s, STOP_BUDGET_S + 5)
+        self.uplink.stop(drain)
+        self.outbox.stop(timeout=max(1.0, min(4.0, left() - 1.0)))
+        at_stop = int(self.stats.get("outbox_lost_at_shutdown") or 0)
+        text = f"{self.outbox.depth} records left in the outbox for the next start"
+        if at_stop:
+            text += f"; {at_stop} records could not be committed at shutdown ({self.outbox.lost_saved})"
+        if self.outbox.lost_total:
+            text += (f"; {self.outbox.lost_total} records in all were not committed during this run, each counted "
+                     f"in a not_committed gap event")
+        log.log(logging.WARNING if self.outbox.lost_total else logging.INFO, "stopped in %.1f s: %s",
+                time.monotonic() - t0, text)
 
 
 # The pipeline's earlier name, for code written against it (tests, branches in flight); new code says Pipeline.

@@ -34,7 +34,7 @@ from typing import Any
 
 from agent.health import HEALTH_STREAM, HealthMonitor, OutboxHead, counters, drops, live_stage_ages
 from agent.records import Emit, iso_ts
-from agent.status import last_value, live_document
+from agent.status import last_value, live_document, outbox_wedge
 from hal.types import now_ns
 
 log = logging.getLogger("edge_agent.service")
@@ -534,7 +534,8 @@ class Service:
         text = f"{len(agent.config.sensors)} sensors; outbox {depth} records; link {link} ({broker})"
         fault = getattr(agent.outbox, "fault", None)
         if fault:
-            text += f"; OUTBOX FAULT: {fault}"
+            info = outbox_wedge(agent.outbox)
+            text += f"; OUTBOX WEDGED ({str(info.get('fault_cause') or 'error').replace('_', ' ')}): {fault}"
         if self._stalled:
             text = f"STALLED: {', '.join(self._stalled)}; " + text
         return _one_line(text)

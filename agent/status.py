@@ -76,6 +76,18 @@ def _outbox(path: Any, depth: int, oldest_ts_ns: int | None, t: int, file_bytes:
             "bytes": file_bytes}
 
 
+def outbox_wedge(outbox: Any) -> dict[str, Any]:
+    """Why the outbox cannot commit (cause, since, fix) and what was not committed, for status and doctor."""
+    info = outbox.fault_info() if hasattr(outbox, "fault_info") else None
+    out: dict[str, Any] = {"wedged": info is not None}
+    if info is not None:
+        out.update(fault_cause=info["cause"], fix=info["fix"], waiting_in_memory=info["waiting"],
+                   fault_since=iso_ts(info["since_ns"]) if info.get("since_ns") else None)
+    if hasattr(outbox, "lost_total"):
+        out["not_committed"] = int(outbox.lost_total)
+    return out
+
+
 def live_document(agent: Any, *, counters: dict[str, Any], outbox_head: Any, streams: dict[str, dict[str, Any]],
                   gaps: dict[str, Any], acquisition_hz: dict[str, float | None], drops: dict[str, Any],
                   stages: dict[str, Any], stalled: list[str], watchdog: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +112,7 @@ def live_document(agent: Any, *, counters: dict[str, Any], outbox_head: Any, str
     outbox = _outbox(getattr(agent.outbox, "path", ""), outbox_head.depth, outbox_head.oldest_ts_ns, t,
                      outbox_head.file_bytes)
     outbox["fault"] = getattr(agent.outbox, "fault", None)
+    outbox.update(outbox_wedge(agent.outbox))
     return {
         "source": "service",
         "agent": cfg.agent.id,

@@ -92,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="UNIX socket `edge-agent status` reads (default: $RUNTIME_DIRECTORY/status.sock, else "
                           "<state dir>/status.sock)")
     run.add_argument("--drain-s", type=float, default=3.0, metavar="S",
-                     help="at shutdown, keep publishing the outbox for up to S seconds (default 3)")
+                     help="at shutdown, keep publishing the outbox for up to S seconds (default 3; cut to what "
+                          "the 40 s stop budget leaves, see docs/operations.md)")
     run.add_argument("--scenario", metavar="NAME|FILE",
                      help="emulation: play a scenario on the plant (the built-in demo plays 'demo'; none: no "
                           "scenario; shipped: bearing-wear, demo, faults, shift; "
