@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import DEFAULT_CONFIG_PATH, Broker, Config, load, load_demo, resolve_state_dir
-from agent.errors import ConfigError, OutboxError
+from agent.errors import ConfigError, OutboxError, StartError
 
 log = logging.getLogger("edge_agent")
 
@@ -54,6 +55,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"edge-agent: invalid configuration, not starting:\n{e}", file=sys.stderr)
         return 2
     state_dir = resolve_state_dir(args.state_dir, config)
+    # the outbox holds plant data: nothing the agent creates is world-readable, under systemd (UMask=0027) or not
+    os.umask(os.umask(0o027) | 0o027)
+    if "\0" in str(state_dir):
+        print(f"edge-agent: --state-dir: expected a path without NUL characters, got {str(state_dir)!r}",
+              file=sys.stderr)
+        return 2
 
     from agent.signal.cache import configure_cache  # before Numba is imported: where compiled kernels live
     try:
@@ -81,8 +88,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"edge-agent: invalid configuration, not starting:\n{e}", file=sys.stderr)
         return 2
-    except Exception as e:  # a driver rejecting its options, for instance
-        print(f"edge-agent: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
+    except Exception as e:  # a driver rejecting its options, a device that cannot be opened
+        _cannot_start(args, e, f"cannot start (state dir {state_dir})" if not isinstance(e, StartError)
+                      else "cannot start")
         return 2
     stop = threading.Event()
     hup = threading.Event()
@@ -100,6 +108,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         agent.start()
     except OutboxError as e:
         print(f"edge-agent: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a thread that cannot start, a socket that cannot be made
+        _cannot_start(args, e, "cannot start the pipeline")
+        try:
+            agent.stop(drain_s=0)
+        except Exception:
+            pass
         return 1
     service = Service(agent, status_socket=Path(args.status_socket) if args.status_socket
                       else default_status_socket(state_dir))
@@ -133,6 +148,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         service.stopping()  # STOPPING=1
         agent.stop(drain_s=args.drain_s)
     return 0
+
+
+def debug_enabled(args: argparse.Namespace | None = None) -> bool:
+    """--debug or EDGE_AGENT_DEBUG=1: print tracebacks of unexpected errors."""
+    return bool(getattr(args, "debug", False)) or os.environ.get("EDGE_AGENT_DEBUG", "") not in ("", "0")
+
+
+def _cannot_start(args: argparse.Namespace, e: BaseException, what: str) -> None:
+    """One line naming what failed and where; the traceback only with --debug / EDGE_AGENT_DEBUG=1."""
+    text = str(e) if isinstance(e, StartError) else f"{type(e).__name__}: {e}"
+    filename = getattr(e, "filename", None)
+    if filename and str(filename) not in text:
+        text += f" ({filename})"
+    print(f"edge-agent: {what}: {text}", file=sys.stderr)
+    if debug_enabled(args):
+        import traceback
+        traceback.print_exception(e, file=sys.stderr)
+    else:
+        print("edge-agent: run with --debug (or EDGE_AGENT_DEBUG=1) for the traceback", file=sys.stderr)
 
 
 def _emulation(args: argparse.Namespace, config: Config) -> tuple[object, object, object]:
@@ -210,6 +244,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="where the outbox lives (default: the config's agent.state_dir, else $STATE_DIRECTORY, "
                           "else ${XDG_STATE_HOME:-~/.local/state}/edge-agent)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--debug", action="store_true",
+                     help="print the traceback of an unexpected error (also: EDGE_AGENT_DEBUG=1)")
     run.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (0: run forever)")
     run.add_argument("--status-socket", metavar="PATH",
                      help="UNIX socket `edge-agent status` reads (default: $RUNTIME_DIRECTORY/status.sock, else "

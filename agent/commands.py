@@ -141,6 +141,8 @@ class CommandHandler:
             raise CommandError("bad_argument", str(e)) from None
         except TimeoutError as e:
             raise CommandError("timeout", str(e)) from None
+        except RuntimeError as e:  # CaptureBusy
+            raise CommandError("busy", str(e)) from None
         return {"stream": emit.stream, "samples": emit.payload["n"], "rate_hz": emit.payload["rate_hz"]}
 
     def _cmd_set(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import numpy as np
 from hal.drivers.base import address_option
 from hal.errors import HalError, WrongDevice
 from hal.i2c import I2CDevice, open_i2c
-from hal.options import Option, in_range, positive
+from hal.options import Option, at_most, in_range
 from hal.types import Block, Quality, now_ns
 
 # -- registers (data sheet table 19) -------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ class ADXL345:
                choices=tuple(RANGE_BITS)),
         Option("block_size", int, 256, "samples per block", in_range(1, 65536)),
         Option("watermark", int, 16, "FIFO entries that trigger a drain", in_range(1, 31)),
-        Option("max_wait_s", (int, float), 0.5, "longest single sleep while waiting for the FIFO", positive),
+        Option("max_wait_s", (int, float), 0.5, "longest single sleep while waiting for the FIFO", at_most(10)),
     ]
 
     def __init__(self, name: str, options: Mapping[str, Any], context: Any, bus: str | None = None) -> None:
