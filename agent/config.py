@@ -34,6 +34,8 @@ DEMO_CONFIG_NAME = "demo.toml"
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # always fullmatch: `$` would accept a trailing newline
 SECRET_FILE_MAX_BYTES = 64 * 1024
 CONFIG_MAX_BYTES = 4 * 1024 * 1024
+MAX_BLOCK_S = 60.0  # a stream driver's block must fill within this
+MAX_WINDOW_S = 86400.0  # a feature window within a day
 
 
 def _name_check(v: Any) -> str | None:
@@ -391,6 +393,16 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
         hop = g.get("hop", 0) or window
         if kind == "stream" and hop > window * 64:
             problems.add(f"{path}.hop", f"expected at most 64 windows ({window * 64}), got {hop}")
+        rate = values.get("rate_hz") if not errs else None
+        if kind == "stream" and isinstance(rate, (int, float)) and rate > 0:
+            # a block or a window that takes longer than this to fill looks like a dead sensor, not a slow one
+            block = values.get("block_size")
+            if isinstance(block, int) and block / rate > MAX_BLOCK_S:
+                problems.add(f"{path}.block_size", f"expected a block that fills within {MAX_BLOCK_S:g} s at "
+                                                   f"{rate:g} Hz (at most {int(rate * MAX_BLOCK_S)} samples), got {block}")
+            if window / rate > MAX_WINDOW_S:
+                problems.add(f"{path}.window", f"expected a window that fills within {MAX_WINDOW_S:g} s at "
+                                               f"{rate:g} Hz (at most {int(rate * MAX_WINDOW_S)} samples), got {window}")
         if name and driver and not errs:
             sensors.append(SensorConfig(name=name, driver=driver, kind=kind, options=values, bus=g.get("bus") or None,
                                         interval_s=float(g.get("interval_s", 1.0)), window=window, hop=hop,
