@@ -421,6 +421,7 @@ class StatusServer:
             pass
         line = data.split(b"\n", 1)[0]
         if len(line) > REQUEST_MAX_BYTES:
+            StatusServer._discard(conn, deadline)  # closing with unread data would reset the answer away
             return _BadRequest(f"request too large: expected at most {REQUEST_MAX_BYTES} bytes")
         line = line.strip()
         if not line:
@@ -429,6 +430,18 @@ class StatusServer:
             return json.loads(line)
         except (ValueError, RecursionError):
             return line.decode(errors="replace")[:80]
+
+    @staticmethod
+    def _discard(conn: socket.socket, deadline: float) -> None:
+        """Read and drop what the client still sends, until the end of its line, EOF or the deadline."""
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                conn.settimeout(left)
+                chunk = conn.recv(65536)
+                if not chunk or b"\n" in chunk:
+                    return
+        except OSError:
+            pass
 
     @staticmethod
     def _answer(conn: socket.socket, build: Callable[[], dict[str, Any]], timeout: float = 5.0) -> None:
