@@ -216,7 +216,7 @@ PROBLEM = re.compile(r"^(?P<file>[^:]+): (?P<key>[A-Za-z_][\w.\[\]-]*): (?P<msg>
 RUNS = {"n": 0}
 
 
-@settings(max_examples=160, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                     HealthCheck.too_slow])
 @given(case=mutated())
 def test_a_mutated_example_is_rejected_with_a_key_path_or_valid(case, special_files, tmp_path_factory, broker) -> None:
