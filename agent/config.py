@@ -386,6 +386,9 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
             continue
         values, errs = validate_driver_options(driver, driver_opts)
         problems.extend(path, errs)
+        bus_check = getattr(cls, "validate_bus", None)  # driver x bus checks (e.g. a rate the I2C clock can carry)
+        if bus_check is not None and not errs and g.get("bus") in buses:
+            problems.extend(path, bus_check(values, buses[g["bus"]]))
         kind = getattr(cls, "kind", "slow")
         _, feature_errs = validate_features(kind, g.get("features", {}))
         problems.extend(f"{path}.features", feature_errs)

@@ -25,6 +25,9 @@ BUS_OPTIONS: dict[str, list[Option]] = {
     "i2c": [
         Option("bus", int, 1, "the Linux I2C adapter number, /dev/i2c-N (1 on a Raspberry Pi header)",
                in_range(0, 255)),
+        Option("baudrate", int, 100_000, "SCL clock in Hz the adapter runs at (the driver checks its sample rates "
+               "against it; it does not set it): 100000 is the Raspberry Pi default, 400000 (Fast-mode) needs "
+               "dtparam=i2c_arm_baudrate=400000 in /boot/firmware/config.txt", in_range(10_000, 3_400_000)),
     ],
     "serial": [
         Option("port", str, "", "serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/..."),
