@@ -156,7 +156,7 @@ def _private_dir(path: Path) -> None:
         elif path.stat().st_mode & 0o007 and path.stat().st_uid == os.getuid():
             path.chmod(path.stat().st_mode & 0o770)
             log.warning("state directory %s was world-accessible; removed the world permissions", path)
-    except OSError as e:  # the outbox reports a directory it cannot use, naming it
+    except (OSError, ValueError) as e:  # the outbox reports a directory it cannot use, naming it
         log.debug("state directory %s: %s", path, e)
 
 
