@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "agent.cli_diag",
     "agent.cli_sensornode",
     "agent.cli_signal",
+    "agent.fleet.cli",
 ]
 
 EPILOG = """\

@@ -67,8 +67,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         configure_cache()
     except OSError as e:
         log.warning("Numba cache directory unusable (%s): kernels will be compiled at every start", e)
+    if any(s.kind == "stream" for s in config.sensors):  # load the kernels while the rest starts up
+        from agent.processing import KERNELS
+        KERNELS.start()
 
-    from agent.pipeline import Agent  # heavy imports (numba, paho) only now
+    from agent.pipeline import Agent  # heavy imports (paho, pymodbus) only now
 
     config_path = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None)
     if config.source == "<built-in demo>" and getattr(args, "scenario", None) is None:
@@ -251,7 +254,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="UNIX socket `edge-agent status` reads (default: $RUNTIME_DIRECTORY/status.sock, else "
                           "<state dir>/status.sock)")
     run.add_argument("--drain-s", type=float, default=3.0, metavar="S",
-                     help="at shutdown, keep publishing the outbox for up to S seconds (default 3)")
+                     help="at shutdown, keep publishing the outbox for up to S seconds (default 3; cut to what "
+                          "the 40 s stop budget leaves, see docs/operations.md)")
     run.add_argument("--scenario", metavar="NAME|FILE",
                      help="emulation: play a scenario on the plant (the built-in demo plays 'demo'; none: no "
                           "scenario; shipped: bearing-wear, demo, faults, shift; "

@@ -250,8 +250,15 @@ def render_status(doc: dict[str, Any]) -> Any:
     ot = Text(f"outbox  {ob.get('depth')} records, oldest {_age(ob.get('oldest_age_s'))} old, "
               f"{_bytes(ob.get('bytes'))}")
     if ob.get("fault"):
-        ot.append(f"  FAULT: {ob['fault']}", style="bold red")
+        cause = str(ob.get("fault_cause") or "error").replace("_", " ")
+        ot.append(f"  WEDGED ({cause}): {ob['fault']}", style="bold red")
     lines.append(ot)
+    if ob.get("fault"):
+        lines.append(Text(f"        new records wait in memory ({ob.get('waiting_in_memory', '?')} now); records the "
+                          f"memory queue cannot take are counted as not committed ({ob.get('not_committed', '?')} "
+                          f"so far)", style="red"))
+        if ob.get("fix"):
+            lines.append(Text(f"        fix: {ob['fix']}", style="yellow"))
     if doc.get("stalled"):
         lines.append(Text(f"STALLED: {', '.join(doc['stalled'])} (no progress for more than "
                           f"{(doc.get('watchdog') or {}).get('stall_limit_s')} s)", style="bold red"))

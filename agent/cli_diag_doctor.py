@@ -297,10 +297,20 @@ class Doctor:
                      "backup.jsonl), move outbox.db* aside, start again")
             return
         age = (time.time_ns() - oldest) / 1e9 if oldest else 0.0
-        fault = ((self.status_doc or {}).get("outbox") or {}).get("fault")
+        live = (self.status_doc or {}).get("outbox") or {}
+        fault = live.get("fault")
+        _, lost = _unpublished_tally(state_dir)
         if fault:
-            self.add(FAIL, "outbox", f"the service cannot write it: {fault}", "check disk space and that the file "
-                                                                              "system is not read-only (mount)")
+            cause = str(live.get("fault_cause") or "error").replace("_", " ")
+            self.add(FAIL, "outbox", f"WEDGED: the service cannot commit to it ({cause}: {fault}); new records wait "
+                                     f"in memory, {live.get('not_committed', 0)} not committed so far (each counted "
+                                     "in a not_committed gap event)",
+                     live.get("fix") or "check disk space (df -h) and that the file system is not read-only (mount)")
+        elif lost:
+            self.add(WARN, "outbox", f"{sum(lost.values())} records were not committed before the last stop "
+                                     f"({', '.join(f'{s}: {n}' for s, n in sorted(lost.items()))}); the tally waits in "
+                                     f"{state_dir / 'outbox.lost'} and is published as gap events at the next start",
+                     "start the service; check why the outbox could not be written (df -h; dmesg)")
         elif depth and age > 3600:
             self.add(WARN, "outbox", f"{depth} records waiting, the oldest {age / 3600:.1f} h old (the broker has not "
                                      "taken them)", "see the broker check above; edge-agent status shows the link")
@@ -556,3 +566,21 @@ def register_doctor(sub: argparse._SubParsersAction, common: Any, with_errors: A
                    help=f"check device permissions for this user (default {SERVICE_USER})")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=with_errors(lambda a: Doctor(a).run()))
+
+
+def _unpublished_tally(state_dir: Path) -> tuple[int, dict[str, int]]:
+    """The tally in `outbox.lost` not yet published (its generation above the database's `lost_published_gen`)."""
+    import sqlite3
+
+    from agent.outbox import LOST_NAME, LostFile
+    gen, tally = LostFile(state_dir / LOST_NAME).read()
+    if not tally:
+        return 0, {}
+    try:
+        with sqlite3.connect(f"file:{state_dir / 'outbox.db'}?mode=ro", uri=True) as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'lost_published_gen'").fetchone()
+    except sqlite3.Error:
+        row = None
+    if row and int(row[0]) >= gen:
+        return gen, {}
+    return gen, {s: v[0] for s, v in tally.items()}

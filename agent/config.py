@@ -113,7 +113,7 @@ class SparkplugConfig:
     group_id: str = ""
     edge_node_id: str = ""  # default: the agent id
     primary_host_id: str = ""  # wait for this host's STATE before BIRTH; empty: no primary host
-    data_qos: int = 1  # the spec says 0; 1 keeps the outbox's at-least-once guarantee up to the broker
+    data_qos: int = 0  # the spec's QoS 0; 1 is an opt-in deviation (README, "Sparkplug B 3.0": durability)
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,7 @@ class OutboxConfig:
     max_mb: float = 256.0
     policy: str = "drop_oldest"
     max_age_h: float = 0.0  # 0: no age bound
+    min_free_mb: float = 4.0  # free-space floor on the state directory's file system (0: off)
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ _SPARKPLUG_OPTIONS = [
     Option("edge_node_id", str, "", "edge node id (default: the agent id)", lambda v: None if not v else _SPARKPLUG_ID(v)),
     Option("primary_host_id", str, "", "primary host application id to wait for",
            lambda v: None if not v else _SPARKPLUG_ID(v)),
-    Option("data_qos", int, 1, "QoS of BIRTH/DATA messages (the spec says 0; 1 keeps at-least-once delivery)",
+    Option("data_qos", int, 0, "QoS of BIRTH/DATA messages (0 as the spec says; 1: PUBACK per message)",
            choices=(0, 1)),
 ]
 _COMMANDS_OPTIONS = [
@@ -239,6 +240,8 @@ _OUTBOX_OPTIONS = [
            at_most(24 * 366 * 10, positive_only=False)),
     Option("policy", str, "drop_oldest", "what to drop when the outbox is full",
            choices=("drop_oldest", "drop_newest")),
+    Option("min_free_mb", (int, float), 4.0, "keep this much of the file system free: below it the policy drops "
+           "records before SQLite runs out of space (0: off)", non_negative),
 ]
 _SENSOR_GENERIC = [
     Option("name", str, REQUIRED, "the sensor's name, used as its stream name", _name_check),

@@ -24,7 +24,7 @@ import numpy as np
 from agent.config import Config, SensorConfig
 from agent.errors import StartError
 from agent.outbox import Outbox
-from agent.processing import Processor, ValueBoard, make_processor
+from agent.processing import KERNELS, Processor, ValueBoard, make_processor
 from agent.records import Emit
 from agent.stats import Stats
 from agent.uplink import Uplink
@@ -32,6 +32,12 @@ from hal.sources import HalContext, open_source
 from hal.types import Block, Quality, Reading, now_ns
 
 log = logging.getLogger("edge_agent.pipeline")
+
+# systemd/edge-agent.service: TimeoutStopSec=45. The stop keeps 5 s of margin for the process exit.
+# Split: readers 5 s + processing 5 s + commands (capture_max_s + 5, only with a capture running) + outbox flush
+# (<= 10 s, skipped while it cannot write) + uplink drain (what is left minus 20 s) + uplink close (<= connect
+# timeout + 2 s) + outbox stop (<= 4 s, then what is not committed is counted and saved).
+STOP_BUDGET_S = 40.0
 
 
 @dataclass
@@ -44,8 +50,9 @@ class Reader(threading.Thread):
     """Reads one sensor and hands what it gets to the processing queue. Never dies of a sensor fault."""
 
     def __init__(self, sensor: SensorConfig, context: HalContext, out: queue.Queue[_Item], stats: Stats,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, start_after: threading.Event | None = None) -> None:
         super().__init__(name=f"reader-{sensor.name}", daemon=True)
+        self.start_after = start_after  # opens the source only once this is set (the kernels of a stream sensor)
         self.sensor = sensor
         self.context = context
         self.out = out
@@ -72,6 +79,9 @@ class Reader(threading.Thread):
         stage = f"reader.{self.sensor.name}"
         backoff = 1.0
         opened = False
+        while self.start_after is not None and not self.start_after.is_set() and not self.stop_event.is_set():
+            self.stats.progress(stage)  # waiting for the kernels (compiling, with a cold cache) is not being stuck
+            self.start_after.wait(0.5)
         while not self.stop_event.is_set():
             self.stats.progress(stage)
             try:
@@ -203,14 +213,19 @@ class Agent:
         """Drivers, readers and processors for `config` (constructed, not started). Raises on a driver error."""
         self.context = HalContext(emulate=config.emulate, buses=config.buses, plant=self.plant, clock=self.clock)
         self.board = ValueBoard()  # recent slow values (a tachometer's shaft speed) for this pipeline's windows
-        self.processors: dict[str, Processor] = {s.name: make_processor(s, self.board) for s in config.sensors}
+        self.processors: dict[str, Processor] = {s.name: make_processor(s, self.board, background=True)
+                                                for s in config.sensors}  # kernels load while acquisition runs
         self._reader_stops: dict[str, threading.Event] = {}
         self.readers = [self._make_reader(s) for s in config.sensors]
         self._new_processing()
 
     def _make_reader(self, sensor: SensorConfig) -> Reader:
+        # A stream sensor is read from when the kernels are ready: reading it while they load overran the ADXL345's
+        # 32-sample FIFO (the load holds the GIL for up to ~60 ms at a time; the FIFO lasts 40 ms at 800 Hz), and
+        # its first window would need them anyway. Slow sensors start at once.
         stop = threading.Event()
-        reader = Reader(sensor, self.context, self._queue, self.stats, stop)
+        reader = Reader(sensor, self.context, self._queue, self.stats, stop,
+                        KERNELS.done if sensor.kind == "stream" else None)
         self._reader_stops[sensor.name] = stop
         return reader
 
@@ -229,16 +244,16 @@ class Agent:
     def _stop_readers(self, readers: list[Reader]) -> None:
         for r in readers:
             self._reader_stops[r.sensor.name].set()
+        deadline = time.monotonic() + 5.0  # all readers together: the stop budget (see stop()) is shared
         for r in readers:
-            if r.is_alive():
-                r.join(5.0)
+            r.join(max(0.0, deadline - time.monotonic()))
             if r.is_alive():
                 log.error("sensor %s did not stop within 5 s (a driver stuck in a read?)", r.sensor.name)
 
     def _stop_processing_thread(self) -> None:
         self._stop_processing.set()
         if self._processing.is_alive():
-            self._processing.join(10.0)
+            self._processing.join(5.0)
 
     def _stop_acquisition(self) -> None:
         """Stop the readers, then let processing finish what they delivered."""
@@ -258,11 +273,16 @@ class Agent:
         self.outbox.start()
         _private_files(self.outbox.path)
         self._attach_commands()
+        self.uplink.describe(self.config, self._sources())
         self.uplink.start()
         self._start_acquisition()
         self.started.set()
         log.info("edge-agent running: agent %s, %d sensors, outbox %s, broker %s", self.config.agent.id,
                  len(self.readers), self.outbox.path, self.config.mqtt.broker.url)
+
+    def _sources(self) -> dict[str, object]:
+        """The drivers of the running configuration, by sensor name (they declare their channels)."""
+        return {r.sensor.name: r.source for r in self.readers}
 
     def queue_depths(self) -> dict[str, int]:
         """Items waiting between the stages (for health and status)."""
@@ -394,9 +414,8 @@ class Agent:
                 return False, str(e)
             old_config = self.config
             self._last_reload = time.monotonic()
-            kept: list[str] = []
             try:
-                kept = self._swap_acquisition(old_config, new)
+                kept, started = self._swap_acquisition(old_config, new)
             except Exception as e:
                 self.stats.inc("reloads_rejected")
                 log.error("reload rejected (%s: %s), keeping the running configuration", type(e).__name__, e)
@@ -415,7 +434,15 @@ class Agent:
                     self.commands.stop()
                     self.commands = None
                 self._attach_commands()
+                self.uplink.describe(new, self._sources())
                 self.uplink.start()
+            else:
+                self.uplink.describe(new, self._sources())  # Sparkplug: a full rebirth before the new sensors' data
+            if started is None:
+                self._start_acquisition()
+            else:  # unchanged sensors never stopped; the new and changed ones start after the rebirth
+                for r in started:
+                    r.start()
             note = " (outbox settings apply at the next start)" if new.outbox != old_config.outbox else ""
             if kept:
                 note += f"; unchanged sensors kept running: {', '.join(kept)}"
@@ -423,16 +450,16 @@ class Agent:
             log.info("configuration reloaded from %s (sha256 %s)%s", new.source, new.digest, note)
             return True, f"reloaded {new.source} (sha256 {new.digest}){note}"
 
-    def _swap_acquisition(self, old: Config, new: Config) -> list[str]:
+    def _swap_acquisition(self, old: Config, new: Config) -> tuple[list[str], list[Reader] | None]:
         """Replace the acquisition of `old` by that of `new`. When the buses are the same, only the readers of
         changed, added or removed sensors restart: an unchanged sensor keeps its reader, its driver and its
-        processor, so its partial feature window survives the reload. Returns the names kept. Raises (with
-        acquisition stopped or half-swapped: the caller rebuilds the old one) when a new driver cannot be made."""
+        processor, so its partial feature window survives the reload. Returns (the names kept, the readers the
+        caller starts; None: start the whole acquisition). Raises (with acquisition stopped or half-swapped: the
+        caller rebuilds the old one) when a new driver cannot be made."""
         if new.buses != old.buses or new.emulate != old.emulate:
             self._stop_acquisition()
             self._build_acquisition(new)
-            self._start_acquisition()
-            return []
+            return [], None
         old_by_name = {s.name: s for s in old.sensors}
         keep = {s.name for s in new.sensors if old_by_name.get(s.name) == s}
         going = [r for r in self.readers if r.sensor.name not in keep]
@@ -453,24 +480,43 @@ class Agent:
             if s.name not in keep:
                 readers[s.name] = self._make_reader(s)
                 started.append(readers[s.name])
-        self.processors = {s.name: self.processors[s.name] if s.name in keep else make_processor(s, self.board)
-                           for s in new.sensors}
+        self.processors = {s.name: self.processors[s.name] if s.name in keep
+                           else make_processor(s, self.board, background=True) for s in new.sensors}
         self.readers = [readers[s.name] for s in new.sensors]
         self._new_processing()
-        self._processing.start()
-        for r in started:
-            r.start()
-        return [s.name for s in new.sensors if s.name in keep]
+        self._processing.start()  # the kept readers' data flows on; the caller starts `started`
+        return [s.name for s in new.sensors if s.name in keep], started
 
     def stop(self, drain_s: float = 3.0) -> None:
-        """Stop acquisition, process what was read, commit it all, publish for up to `drain_s`, close."""
+        """Stop acquisition, process what was read, commit it all, publish for up to `drain_s`, close; within
+        STOP_BUDGET_S in every state (the broker away, the disk full): `drain_s` is cut to what the budget leaves."""
+        t0 = time.monotonic()
+        end = t0 + STOP_BUDGET_S
+
+        def left() -> float:
+            return end - time.monotonic()
+
         log.info("stopping: flushing the outbox")
-        self._stop_acquisition()
+        self._stop_acquisition()  # readers <= 5 s together, processing <= 5 s
         if self.commands is not None:
             self.commands.stop()
-        committed = self.outbox.flush(10.0)
-        if not committed:
+        # commit what acquisition delivered (no waiting while the outbox cannot write: stop() counts it instead)
+        if self.outbox.fault is None and not self.outbox.flush(max(0.5, min(10.0, left() - 25.0))):
             log.error("could not commit every record before shutdown: %s", self.outbox.fault or "timeout")
-        self.uplink.stop(drain_s)
-        self.outbox.stop()
-        log.info("stopped: %d records left in the outbox for the next start", self.outbox.depth)
+        # publish for up to drain_s, keeping 20 s for the uplink's close (a connect in progress, the offline status)
+        # and the outbox's
+        drain = max(0.0, min(drain_s, left() - 20.0))
+        if drain < drain_s:
+            log.warning("publishing for %.1f s rather than %g s at shutdown, to stop within %g s (TimeoutStopSec)",
+                        drain, drain_s, STOP_BUDGET_S + 5)
+        self.uplink.stop(drain)
+        self.outbox.stop(timeout=max(1.0, min(4.0, left() - 1.0)))
+        at_stop = int(self.stats.get("outbox_lost_at_shutdown") or 0)
+        text = f"{self.outbox.depth} records left in the outbox for the next start"
+        if at_stop:
+            text += f"; {at_stop} records could not be committed at shutdown ({self.outbox.lost_saved})"
+        if self.outbox.lost_total:
+            text += (f"; {self.outbox.lost_total} records in all were not committed during this run, each counted "
+                     f"in a not_committed gap event")
+        log.log(logging.WARNING if self.outbox.lost_total else logging.INFO, "stopped in %.1f s: %s",
+                time.monotonic() - t0, text)

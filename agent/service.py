@@ -642,7 +642,8 @@ class Service:
         text = f"{len(agent.config.sensors)} sensors; outbox {depth} records; link {link} ({broker})"
         fault = getattr(agent.outbox, "fault", None)
         if fault:
-            text += f"; OUTBOX FAULT: {fault}"
+            info = _outbox_wedge(agent.outbox)
+            text += f"; OUTBOX WEDGED ({str(info.get('fault_cause') or 'error').replace('_', ' ')}): {fault}"
         if self._stalled:
             text = f"STALLED: {', '.join(self._stalled)}; " + text
         return _one_line(text)
@@ -739,7 +740,8 @@ class Service:
                        "oldest_ts": iso_ts(head.oldest_ts_ns) if head.oldest_ts_ns is not None else None,
                        "oldest_age_s": (round((t - head.oldest_ts_ns) / 1e9, 1)
                                         if head.oldest_ts_ns is not None else None),
-                       "bytes": head.file_bytes, "fault": getattr(agent.outbox, "fault", None)},
+                       "bytes": head.file_bytes, "fault": getattr(agent.outbox, "fault", None),
+                       **_outbox_wedge(agent.outbox)},
             "sensors": sensors,
             "other_streams": {n: v for n, v in streams.items() if n not in claimed},
             "drops": drops(snap),
@@ -751,6 +753,18 @@ class Service:
                          "interval_s": self.notifier.watchdog_usec / 1e6 if self.notifier.watchdog_usec else None,
                          "stall_limit_s": self.stall_limit_s},
         }
+
+
+def _outbox_wedge(outbox: Any) -> dict[str, Any]:
+    """Why the outbox cannot commit (cause, since, fix) and what was not committed, for status and doctor."""
+    info = outbox.fault_info() if hasattr(outbox, "fault_info") else None
+    out: dict[str, Any] = {"wedged": info is not None}
+    if info is not None:
+        out.update(fault_cause=info["cause"], fix=info["fix"], waiting_in_memory=info["waiting"],
+                   fault_since=iso_ts(info["since_ns"]) if info.get("since_ns") else None)
+    if hasattr(outbox, "lost_total"):
+        out["not_committed"] = int(outbox.lost_total)
+    return out
 
 
 def _one_line(text: str) -> str:

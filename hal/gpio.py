@@ -160,6 +160,12 @@ class GpioState(_GpioInput):
     OPTIONS = [PIN, PULL, ACTIVE,
                Option("emulate_signal", str, "running", "emulation only: plant signal driving the input (\"\": none)")]
 
+    def channels(self) -> list[tuple[str, str]]:
+        return [(self.name, "")]
+
+    def channel_types(self) -> dict[str, type]:
+        return {self.name: bool}
+
     def poll(self) -> list[Reading]:
         self.counters["polls"] += 1
         if self.device is None:
@@ -196,6 +202,12 @@ class GpioCounter(_GpioInput):
         if active != self._raw:
             self._raw = active
             self._since = ticks
+
+    def channels(self) -> list[tuple[str, str]]:
+        return [(self.name, "count")]
+
+    def channel_types(self) -> dict[str, type]:
+        return {self.name: int}
 
     def poll(self) -> list[Reading]:
         self.counters["polls"] += 1
@@ -247,6 +259,9 @@ class GpioFrequency(_GpioInput):
             recent = edges[-2:]  # slower than the window: the last period
         span = diff(recent[-1], recent[0])
         return (len(recent) - 1) / span if span > 0 else 0.0
+
+    def channels(self) -> list[tuple[str, str]]:
+        return [(f"{self.name}.frequency", "Hz"), (f"{self.name}.speed", "rpm")]
 
     def poll(self) -> list[Reading]:
         self.counters["polls"] += 1
@@ -315,6 +330,12 @@ class GpioOutput:
         self.set(bool(value))
         assert self.device is not None
         return bool(self.device.value)
+
+    def channels(self) -> list[tuple[str, str]]:
+        return [(self.name, "")]
+
+    def channel_types(self) -> dict[str, type]:
+        return {self.name: bool}
 
     def poll(self) -> list[Reading]:
         self.counters["polls"] += 1

@@ -98,6 +98,9 @@ class EmulatedTemperature:
     def open(self) -> None:
         pass
 
+    def channels(self) -> list[tuple[str, str]]:
+        return [(self.channel, "degC")]
+
     def poll(self) -> list[Reading]:
         ts = self._clock.time_ns()
         if self.fail:

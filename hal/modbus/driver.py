@@ -146,6 +146,21 @@ class ModbusDevice:
     def _channel(self, reg: Register) -> str:
         return f"{self.name}.{reg.name}"
 
+    def channels(self) -> list[tuple[str, str]]:
+        return [(self._channel(r), r.unit) for r in self.map]
+
+    def channel_types(self) -> dict[str, type]:
+        """The Python type of each channel's value, as `Register.decode` returns it."""
+        def kind(r: Register) -> type:
+            if r.type == "string":
+                return str
+            if r.type == "bit" or r.table in ("coil", "discrete_input"):
+                return bool
+            if r.type.startswith("f") or r.scale != 1.0 or r.offset != 0.0:
+                return float
+            return int
+        return {self._channel(r): kind(r) for r in self.map}
+
     def _due(self, now: float) -> list[Register]:
         return [r for r in self.map if r.interval_s <= 0 or now - self._last_ok.get(r.name, -math.inf) >= r.interval_s]
 
