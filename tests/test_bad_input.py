@@ -147,6 +147,13 @@ def test_a_config_path_that_is_a_fifo_is_refused(files) -> None:
         load(files["fifo"])
 
 
+def test_a_scenario_file_that_is_a_fifo_or_directory_is_refused(files) -> None:
+    from hal.emulated.scenario import ScenarioError, load as load_scenario
+    for path in (files["fifo"], files["dir"]):
+        with pytest.raises(ScenarioError, match="expected a regular .toml file"):
+            load_scenario(path)
+
+
 # -- the uplink gets what the config says ------------------------------------------------------------------------------
 
 def test_live_share_reaches_the_uplink(tmp_path: Path) -> None:
