@@ -13,6 +13,7 @@ publish.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import Config
-from agent.errors import ConfigError, OutboxError
+from agent.errors import ConfigError, OutboxError, StartError
 
 log = logging.getLogger("edge_agent")
 
@@ -36,11 +37,14 @@ class RunOptions:
     drain_s: float = 3.0  # at shutdown, keep publishing the outbox for up to this long
     status_socket: Path | None = None  # default: agent.service.default_status_socket(state_dir)
     live_view: bool | None = None  # the terminal live view; None: when standard output is a terminal
+    debug: bool = False  # print the traceback of an unexpected error (also: EDGE_AGENT_DEBUG=1)
 
 
 def run(config: Config, state_dir: Path, options: RunOptions) -> int:
     """Run the agent until a signal or `options.duration_s`; the exit code (0 ok, 1 runtime failure, 2 a
     configuration the pipeline refuses). Call from the main thread (it installs signal handlers)."""
+    # the outbox holds plant data: nothing the agent creates is world-readable, under systemd (UMask=0027) or not
+    os.umask(os.umask(0o027) | 0o027)
     from agent.signal.cache import configure_cache  # before Numba is imported: where compiled kernels live
     try:
         configure_cache()
@@ -62,8 +66,9 @@ def run(config: Config, state_dir: Path, options: RunOptions) -> int:
     except ConfigError as e:
         print(f"edge-agent: invalid configuration, not starting:\n{e}", file=sys.stderr)
         return 2
-    except Exception as e:  # a driver rejecting its options, for instance
-        print(f"edge-agent: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
+    except Exception as e:  # a driver rejecting its options, a device that cannot be opened
+        cannot_start(options.debug, e, f"cannot start (state dir {state_dir})" if not isinstance(e, StartError)
+                     else "cannot start")
         return 2
     stop = threading.Event()
     hup = threading.Event()
@@ -81,6 +86,13 @@ def run(config: Config, state_dir: Path, options: RunOptions) -> int:
         pipeline.start()
     except OutboxError as e:
         print(f"edge-agent: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a thread that cannot start, a socket that cannot be made
+        cannot_start(options.debug, e, "cannot start the pipeline")
+        try:
+            pipeline.stop(drain_s=0)
+        except Exception:
+            pass
         return 1
     service = Service(pipeline, status_socket=options.status_socket if options.status_socket is not None
                       else default_status_socket(state_dir))
@@ -115,6 +127,25 @@ def run(config: Config, state_dir: Path, options: RunOptions) -> int:
         service.stopping()  # STOPPING=1
         pipeline.stop(drain_s=options.drain_s)
     return 0
+
+
+def debug_enabled(flag: bool = False) -> bool:
+    """--debug or EDGE_AGENT_DEBUG=1: print tracebacks of unexpected errors."""
+    return flag or os.environ.get("EDGE_AGENT_DEBUG", "") not in ("", "0")
+
+
+def cannot_start(debug: bool, e: BaseException, what: str) -> None:
+    """One line naming what failed and where; the traceback only with --debug / EDGE_AGENT_DEBUG=1."""
+    text = str(e) if isinstance(e, StartError) else f"{type(e).__name__}: {e}"
+    filename = getattr(e, "filename", None)
+    if filename and str(filename) not in text:
+        text += f" ({filename})"
+    print(f"edge-agent: {what}: {text}", file=sys.stderr)
+    if debug_enabled(debug):
+        import traceback
+        traceback.print_exception(e, file=sys.stderr)
+    else:
+        print("edge-agent: run with --debug (or EDGE_AGENT_DEBUG=1) for the traceback", file=sys.stderr)
 
 
 def emulation(config: Config, speed: float, name: str | None) -> tuple[object, object, object]:

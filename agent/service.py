@@ -29,6 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ RATE_WINDOW_S = 60.0
 # A stage that waits on purpose (a slow sensor's poll interval, a reader's retry back-off after a fault) is not
 # stuck: reader stages get their interval plus the reader's longest back-off on top of the stall limit.
 READER_MAX_BACKOFF_S = 60.0
+MAX_CLIENTS = 16  # status socket clients served at once
+REQUEST_MAX_BYTES = 64 * 1024
+REQUEST_TIMEOUT_S = 2.0
 
 
 # -- sd_notify ------------------------------------------------------------------------------------------------------
@@ -242,12 +246,19 @@ def read_status(path: str | os.PathLike[str], timeout: float = 3.0) -> dict[str,
     return request(path, {"cmd": "status"}, timeout)
 
 
+@dataclass(frozen=True)
+class _BadRequest:
+    message: str
+
+
 class StatusServer:
-    """Serves one JSON document per connection on a UNIX stream socket (mode 0660), from its own thread.
+    """Serves one JSON document per connection on a UNIX stream socket (mode 0660).
 
     A client may send one request line first (`{"cmd": "status"}`, `{"cmd": "capture", ...}`); a client that sends
-    nothing (`socat - UNIX-CONNECT:status.sock`) gets the status document. Requests other than `status` are
-    answered on a thread of their own, so a capture never holds up `status`.
+    nothing (`socat - UNIX-CONNECT:status.sock`) gets the status document. Each client is served on a thread of its
+    own, at most MAX_CLIENTS at once (beyond: an immediate `busy` answer), so a slow client or a capture never holds
+    up another `status`. A request line is at most REQUEST_MAX_BYTES and must be complete within
+    REQUEST_TIMEOUT_S; anything else gets an error answer. No request can stop the server.
     """
 
     def __init__(self, path: str | os.PathLike[str], document: Callable[[], dict[str, Any]],
@@ -258,6 +269,8 @@ class StatusServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.refused = 0  # clients answered "busy" because every slot was taken
 
     def start(self) -> None:
         path = self.path
@@ -284,7 +297,7 @@ class StatusServer:
             finally:
                 os.umask(old)
             os.chmod(path, 0o660)
-            sock.listen(8)
+            sock.listen(64)
             sock.settimeout(0.5)
         except OSError as e:
             sock.close()
@@ -306,50 +319,105 @@ class StatusServer:
                     break
                 time.sleep(0.1)
                 continue
+            try:
+                if not self._clients.acquire(blocking=False):  # every client slot taken: answer at once, close
+                    self.refused += 1
+                    self._answer(conn, lambda: {"error": f"busy: {MAX_CLIENTS} requests are being served; "
+                                                         f"try again"}, timeout=0.5)
+                    continue
+                threading.Thread(target=self._client, args=(conn,), name="status-client", daemon=True).start()
+            except Exception:  # cannot start a thread (memory): drop this client, keep serving
+                log.exception("status socket: cannot serve a client")
+                self._clients.release()
+                conn.close()
+
+    def _client(self, conn: socket.socket) -> None:
+        """One client on its own thread: a slow or silent client holds up only itself."""
+        try:
             req = self._request(conn)
+            if isinstance(req, _BadRequest):
+                self._answer(conn, lambda: {"error": req.message})
+                return
             cmd = req.get("cmd", "status") if isinstance(req, dict) else None
             if cmd == "status":
                 self._answer(conn, self.document)
-            elif cmd in self.handlers:
-                threading.Thread(target=self._answer, args=(conn, lambda r=req, c=cmd: self.handlers[c](r)),
-                                 name=f"status-{cmd}", daemon=True).start()
+            elif isinstance(cmd, str) and cmd in self.handlers:
+                self._answer(conn, lambda: self.handlers[cmd](req))
             else:
                 known = ", ".join(["status", *self.handlers])
-                self._answer(conn, lambda: {"error": f"unknown request {req!r}; expected a JSON object with "
+                shown = json.dumps(req, default=str)[:120] if not isinstance(req, str) else repr(req)
+                self._answer(conn, lambda: {"error": f"unknown request {shown}; expected a JSON object with "
                                                      f"\"cmd\" one of: {known}"})
+        except Exception:  # a bug must not cost the server its thread or a client slot
+            log.exception("status socket: serving a request failed")
+            conn.close()
+        finally:
+            self._clients.release()
 
     @staticmethod
     def _request(conn: socket.socket) -> Any:
-        """The client's request line, {} when it sends none within 0.3 s, None when it is not JSON."""
-        conn.settimeout(0.3)
+        """The client's request line: {} when it sends nothing within 0.3 s, the raw text when it is not JSON, a
+        `_BadRequest` when it is larger than REQUEST_MAX_BYTES or not complete within REQUEST_TIMEOUT_S."""
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
         data = b""
+        conn.settimeout(0.3)
         try:
-            while b"\n" not in data and len(data) < 65536:
+            while b"\n" not in data and len(data) <= REQUEST_MAX_BYTES:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return _BadRequest(f"request not complete within {REQUEST_TIMEOUT_S:g} s; expected one JSON "
+                                       f"line ending in a newline")
+                if data:  # started: the rest must come before the deadline
+                    conn.settimeout(left)
                 chunk = conn.recv(4096)
                 if not chunk:
                     break
                 data += chunk
-        except (TimeoutError, OSError):
+        except TimeoutError:
+            if data:
+                return _BadRequest(f"request not complete within {REQUEST_TIMEOUT_S:g} s; expected one JSON line "
+                                   f"ending in a newline")
+        except OSError:
             pass
-        line = data.split(b"\n", 1)[0].strip()
+        line = data.split(b"\n", 1)[0]
+        if len(line) > REQUEST_MAX_BYTES:
+            StatusServer._discard(conn, deadline)  # closing with unread data would reset the answer away
+            return _BadRequest(f"request too large: expected at most {REQUEST_MAX_BYTES} bytes")
+        line = line.strip()
         if not line:
             return {}
         try:
             return json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return line.decode(errors="replace")[:80]
 
     @staticmethod
-    def _answer(conn: socket.socket, build: Callable[[], dict[str, Any]]) -> None:
+    def _discard(conn: socket.socket, deadline: float) -> None:
+        """Read and drop what the client still sends, until the end of its line, EOF or the deadline."""
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                conn.settimeout(left)
+                chunk = conn.recv(65536)
+                if not chunk or b"\n" in chunk:
+                    return
+        except OSError:
+            pass
+
+    @staticmethod
+    def _answer(conn: socket.socket, build: Callable[[], dict[str, Any]], timeout: float = 5.0) -> None:
         with conn:
             try:
-                conn.settimeout(5.0)
+                conn.settimeout(timeout)
                 body = json.dumps(build(), separators=(",", ":"), default=str, allow_nan=False)
                 conn.sendall(body.encode() + b"\n")
             except (OSError, ValueError) as e:
                 log.debug("status client: %s", e)
             except Exception:  # a bug building the answer must not kill the server
                 log.exception("answering a status socket request failed")
+                try:
+                    conn.sendall(b'{"error":"internal error answering the request (see the agent log)"}\n')
+                except OSError:
+                    pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -582,11 +650,11 @@ class Service:
         """`{"cmd": "capture", "sensor": NAME, "seconds": S}` -> the raw window as a `capture` record payload."""
         sensor, seconds = req.get("sensor"), req.get("seconds")
         if not isinstance(sensor, str) or not isinstance(seconds, (int, float)) or isinstance(seconds, bool) \
-                or not 0 < seconds <= 60:
+                or not 0 < seconds <= 60:  # NaN fails the comparison too
             return {"error": "expected {\"sensor\": NAME, \"seconds\": S} with 0 < S <= 60"}
         try:
             emit = self.agent.capture(sensor, float(seconds), timeout_s=seconds * 2 + 10)
-        except (ValueError, TimeoutError) as e:
+        except (ValueError, TimeoutError, RuntimeError) as e:  # RuntimeError: CaptureBusy, "busy: ..."
             return {"error": str(e)}
         return {"capture": emit.payload, "ts": iso_ts(emit.ts_ns), "quality": str(emit.quality)}
 

@@ -47,12 +47,12 @@ log = logging.getLogger("edge_agent.uplink")
 
 class Uplink:
     def __init__(self, config: Config, outbox: Outbox, stats: Stats | None = None, *,
-                 live_share: float = 0.5, boot_ns: int | None = None) -> None:
+                 live_share: float | None = None, boot_ns: int | None = None) -> None:
         self.config = config
         self.mqtt = config.mqtt
         self.outbox = outbox
         self.stats = stats or Stats()
-        self.live_share = live_share
+        self.live_share = config.mqtt.live_share if live_share is None else live_share  # mqtt.live_share
         self.boot_ns = boot_ns or now_ns()
         self.agent_id = config.agent.id
         self.prefix = self.mqtt.prefix
@@ -303,6 +303,10 @@ class Uplink:
             self._client = self._make_client()
             first = True
         self.format.before_connect(self._client)
+        if self.mqtt.broker.tls and self.mqtt.tls_insecure:  # at every connect, so it cannot go unnoticed
+            log.warning("mqtt.tls_insecure = true: connecting to %s:%d WITHOUT checking the broker's host name "
+                        "against its certificate (anyone on the path can impersonate the broker); never in "
+                        "production", host, port)
         if first:
             self._client.connect(host, port, keepalive=self.mqtt.keepalive_s)
         else:

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from hal.options import Option, in_range, positive
+from hal.options import Option, at_most, in_range
 from hal.types import Quality, Reading, now_ns
 
 _FACTORIES = {"lgpio": "gpiozero.pins.lgpio:LGPIOFactory", "rpigpio": "gpiozero.pins.rpigpio:RPiGPIOFactory",
@@ -228,9 +228,9 @@ class GpioFrequency(_GpioInput):
     STIMULUS = "square"
     OPTIONS = [PIN, PULL, ACTIVE,
                Option("pulses_per_rev", int, 1, "tachometer pulses per shaft revolution", in_range(1, 10000)),
-               Option("window_s", (int, float), 1.0, "averaging window", positive),
-               Option("timeout_s", (int, float), 2.0, "no edge for this long means stopped", positive),
-               Option("max_hz", (int, float), 5000.0, "ignore edges closer than 1/max_hz (glitches)", positive),
+               Option("window_s", (int, float), 1.0, "averaging window", at_most(3600)),
+               Option("timeout_s", (int, float), 2.0, "no edge for this long means stopped", at_most(3600)),
+               Option("max_hz", (int, float), 5000.0, "ignore edges closer than 1/max_hz (glitches)", at_most(1e6)),
                Option("emulate_signal", str, "shaft_speed_hz", "emulation only: plant signal (Hz)")]
 
     def started(self, dev: Any) -> None:

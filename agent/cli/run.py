@@ -34,6 +34,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"edge-agent: invalid configuration, not starting:\n{e}", file=sys.stderr)
         return 2
     state_dir = resolve_state_dir(args.state_dir, config)
+    if "\0" in str(state_dir):
+        print(f"edge-agent: --state-dir: expected a path without NUL characters, got {str(state_dir)!r}",
+              file=sys.stderr)
+        return 2
     config_path = args.config or (str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else None)
     scenario = getattr(args, "scenario", None)
     if config.source == "<built-in demo>" and scenario is None:
@@ -47,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(config, state_dir, RunOptions(
         config_path=config_path, scenario=scenario, speed=float(getattr(args, "speed", 1.0) or 1.0),
         duration_s=args.duration, drain_s=args.drain_s,
-        status_socket=Path(args.status_socket) if args.status_socket else None))
+        status_socket=Path(args.status_socket) if args.status_socket else None, debug=args.debug))
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -87,6 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="where the outbox lives (default: the config's agent.state_dir, else $STATE_DIRECTORY, "
                           "else ${XDG_STATE_HOME:-~/.local/state}/edge-agent)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--debug", action="store_true",
+                     help="print the traceback of an unexpected error (also: EDGE_AGENT_DEBUG=1)")
     run.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (0: run forever)")
     run.add_argument("--status-socket", metavar="PATH",
                      help="UNIX socket `edge-agent status` reads (default: $RUNTIME_DIRECTORY/status.sock, else "
