@@ -47,12 +47,13 @@ def cpu() -> float:
 
 def make_stream(channels: int, frames: int, n: int = 256, rate: int = 25600) -> bytes:
     fe = AnalogFrontEnd(Plant(seed=1))
-    t_ns = np.arange(frames * n) * (1e9 / rate) + fe.plant.epoch_ns
+    period_us = 1_000_000 // rate  # the rp2 timer's whole-microsecond period (PROTOCOL.md, "Sample period")
+    t_ns = np.arange(frames * n) * (period_us * 1000.0) + fe.plant.epoch_ns
     data = np.stack([fe.read_u16(c, t_ns) - 32768 for c in range(channels)], axis=1).astype("<i2")
     mask = (1 << channels) - 1
     out = bytearray()
     for k in range(frames):
-        hdr = struct.pack("<BBHIIII", P.T_DATA, mask, n, k, (k * n * 1_000_000 // rate) % (1 << 30), rate, 0)
+        hdr = struct.pack("<BBHIIII", P.T_DATA, mask, n, k, (k * n * period_us) % (1 << 30), period_us * 1000, 0)
         out += P.encode_frame(hdr + data[k * n:(k + 1) * n].tobytes())
     return bytes(out)
 

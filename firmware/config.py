@@ -3,7 +3,7 @@
 # The emulator (hal/emulated/micropython) runs these files unchanged, with these values.
 
 NAME = "edge-agent sensornode"
-VERSION = (1, 0, 0)
+VERSION = (1, 1, 0)  # 1.1: protocol 2 (the real sample period)
 
 # ADC channels wired to sensors: RP2040 ADC0..ADC2 are GP26..GP28, ADC3 is GP29 (VSYS/3 on a Pico),
 # ADC4 is the internal temperature sensor.

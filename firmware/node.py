@@ -16,6 +16,13 @@ import protocol as P
 _ZERO = 32768  # read_u16() mid-scale, sent as 0
 
 
+def timer_period_us(rate):
+    # The rp2 port's machine.Timer(freq=f) runs every (uint64_t)(1000000.0 / f) us - a whole number of
+    # microseconds, truncated (ports/rp2/machine_timer.c) - so 3200 Hz is really 312 us = 3205.128 Hz and
+    # 25600 Hz is 39 us = 25641.03 Hz. The node reports this period; the host derives the real rate from it.
+    return max(1, 1000000 // rate)
+
+
 class Node:
     def __init__(self, link, adcs, channels, uid, reset_cause, wdt, config):
         self.link = link
@@ -28,7 +35,8 @@ class Node:
         self.reset_cause = reset_cause
         self.wdt = wdt
         self.cfg = config
-        self.rate = config.DEFAULT_RATE_HZ
+        self.rate = config.DEFAULT_RATE_HZ  # as requested (Hz)
+        self.period_ns = timer_period_us(self.rate) * 1000  # as the timer really runs: reported to the host
         self.n = config.DEFAULT_BLOCK
         self.mask = 1 << channels[0]
         self.timer = None
@@ -123,7 +131,7 @@ class Node:
             m = self.n * self.nch
             payload = bytes(self.mv[r * m:(r + 1) * m])
             d = self.drops[r]
-            hdr = struct.pack(P.DATA_HDR, P.T_DATA, self.mask, self.n, self.seq, self.t0s[r], self.rate, d)
+            hdr = struct.pack(P.DATA_HDR, P.T_DATA, self.mask, self.n, self.seq, self.t0s[r], self.period_ns, d)
             self.full[r] = 0
             r += 1
             self.rslot = 0 if r == self.slots else r
@@ -207,7 +215,7 @@ class Node:
         c = self.cfg
         body = struct.pack("<BBBBBBBBBBBHIIIB", P.T_IDENTIFY | P.REPLY, tag, P.PROTO_VERSION,
                            c.VERSION[0], c.VERSION[1], c.VERSION[2], self.avail_mask, self.mask, c.ADC_BITS,
-                           c.TICKS_BITS, self.reset_cause & 0xFF, self.n, self.rate, c.MIN_RATE_HZ,
+                           c.TICKS_BITS, self.reset_cause & 0xFF, self.n, self.period_ns, c.MIN_RATE_HZ,
                            c.MAX_RATE_HZ, len(self.uid))
         self._send(body + self.uid + c.NAME.encode())
 
@@ -225,7 +233,7 @@ class Node:
         self.n = n
         self._setup_ring()
         self._start_timer()
-        self._send(struct.pack("<BBBHIHI", P.T_START | P.REPLY, tag, self.mask, self.n, self.rate, self.slots,
+        self._send(struct.pack("<BBBHIHI", P.T_START | P.REPLY, tag, self.mask, self.n, self.period_ns, self.slots,
                                self.seq))
 
     def _set_rate(self, tag, rate):
@@ -236,7 +244,8 @@ class Node:
         was = self.streaming
         self._stop_timer()
         self.rate = rate
+        self.period_ns = timer_period_us(rate) * 1000
         if was:
             self._setup_ring()  # the partial block at the old rate is discarded
             self._start_timer()
-        self._send(struct.pack("<BBI", P.T_SET_RATE | P.REPLY, tag, self.rate))
+        self._send(struct.pack("<BBI", P.T_SET_RATE | P.REPLY, tag, self.period_ns))

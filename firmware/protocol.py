@@ -10,7 +10,7 @@ try:
 except ImportError:  # a port built without binascii.crc32
     _crc32 = None
 
-PROTO_VERSION = 1
+PROTO_VERSION = 2  # 2: replies and DATA carry the sampling period in ns (1: the nominal rate in Hz)
 
 # Frame types (first byte of the body). A reply has the request's type with bit 7 set.
 T_DATA = 0x01
@@ -29,7 +29,7 @@ E_CRC = 3  # CRC-32 mismatch
 E_ARG = 4  # argument out of range
 E_FRAMING = 5  # COBS decoding failed or frame too long
 
-DATA_HDR = "<BBHIIII"  # type, channel mask, n, seq, t0_us, rate_hz, dropped
+DATA_HDR = "<BBHIIII"  # type, channel mask, n, seq, t0_us, period_ns, dropped
 DATA_HDR_LEN = 20
 MAX_CMD = 64  # longest command frame the node accepts (encoded bytes)
 

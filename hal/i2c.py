@@ -24,9 +24,10 @@ _NO_ACK = {errno.EREMOTEIO, errno.ENXIO, errno.EIO}
 class RealI2CBus:
     """smbus2.SMBus on /dev/i2c-N, opened on first use."""
 
-    def __init__(self, name: str, number: int) -> None:
+    def __init__(self, name: str, number: int, baudrate: int = 100_000) -> None:
         self.name = name
         self.number = number
+        self.baudrate = baudrate  # as configured (the kernel's dtparam sets the real clock)
         self.path = f"/dev/i2c-{number}"
         self.lock = threading.RLock()
         self._smbus: Any = None
@@ -68,8 +69,9 @@ def open_i2c(context: Any, bus: str | None, sensor: str = "i2c") -> Any:
     if emulated:
         from hal.emulated.i2c import EmulatedI2CBus
         plant = context.get_plant()
-        return context.shared(f"i2c:{bus}", lambda: EmulatedI2CBus(bus, plant=plant))
-    return context.shared(f"i2c:{bus}", lambda: RealI2CBus(bus, int(values["bus"])))
+        return context.shared(f"i2c:{bus}", lambda: EmulatedI2CBus(bus, plant=plant,
+                                                                   baudrate=int(values["baudrate"])))
+    return context.shared(f"i2c:{bus}", lambda: RealI2CBus(bus, int(values["bus"]), int(values["baudrate"])))
 
 
 class I2CDevice:

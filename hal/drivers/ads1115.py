@@ -8,37 +8,43 @@ range and LSB (±6.144 V: 187.5 µV ... ±0.256 V: 7.8125 µV, LSB = FSR / 2^15)
 -FS. Registers are sent MSB first. No analog input may exceed VDD + 0.3 V whatever the PGA says.
 
 4-20 mA: I = V / burden; the value is mapped linearly from 4..20 mA to range_lo..range_hi. Signal levels follow
-NAMUR NE 43: below 3.6 mA the loop is open or the transmitter failed (bad), above 21 mA it is shorted (bad), 3.6-3.8
-and 20.5-21 mA are outside the measuring range (uncertain).
-CT clamp: the ADC runs continuously at 860 SPS for `samples` conversions across the clamp's output (differential);
-the RMS of the AC part times `amps_per_volt` is the primary current (30 A/1 V for an SCT-013-030; a current-output
-CT with ratio N:1 into a burden R gives N / R amps per volt).
+NAMUR NE 43: at or below 3.6 mA the loop is open or the transmitter signals a failure (bad), at or above 21 mA it is
+shorted or failed (bad) - both boundaries are failure values; 3.6-3.8 and 20.5-21 mA are outside the measuring
+range (uncertain).
+CT clamp: the ADC runs continuously at 860 SPS across the clamp's output (differential) while the driver reads the
+conversion register `samples` times, stamping each read on the bus clock; the RMS of the AC part is integrated on
+those timestamps over the whole mains cycles (`mains_hz`) they span - never an assumed 1/860 s spacing (the reads
+take bus time and the converter's data rate varies by ±10 %). Times `amps_per_volt` it is the primary current
+(30 A/1 V for an SCT-013-030; a current-output CT with ratio N:1 into a burden R gives N / R amps per volt).
+Register layout, fields and timing: `hal.chips.ads1115`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from hal.chips import ads1115 as chip
 from hal.drivers.base import I2CSensor, address_option
-from hal.errors import BusTimeout
+from hal.errors import BusTimeout, WrongDevice
 from hal.options import Option, REQUIRED, in_range, parse_options
 from hal.types import Quality, Reading
 
-_REG_CONVERSION = 0b00
-_REG_CONFIG = 0b01
-_REG_LO_THRESH = 0b10
-_REG_HI_THRESH = 0b11
+_REG_CONVERSION = chip.CONVERSION.address
+_REG_CONFIG = chip.CONFIG.address
+_REG_LO_THRESH = chip.LO_THRESH.address
+_REG_HI_THRESH = chip.HI_THRESH.address
 
-CONFIG_RESET = 0x8583
-OS_SINGLE = 1 << 15  # write: start a single conversion; read: 1 = not converting
-MODE_SINGLE = 1 << 8  # 1: single-shot / power-down, 0: continuous
-COMP_QUE_DISABLE = 0b11
-MUX = {"AIN0-AIN1": 0b000, "AIN0-AIN3": 0b001, "AIN1-AIN3": 0b010, "AIN2-AIN3": 0b011,
-       "AIN0": 0b100, "AIN1": 0b101, "AIN2": 0b110, "AIN3": 0b111}
-PGA = {6.144: 0b000, 4.096: 0b001, 2.048: 0b010, 1.024: 0b011, 0.512: 0b100, 0.256: 0b101}
-DATA_RATE = {8: 0b000, 16: 0b001, 32: 0b010, 64: 0b011, 128: 0b100, 250: 0b101, 475: 0b110, 860: 0b111}
+CONFIG_RESET = chip.CONFIG_RESET
+OS_SINGLE = chip.OS.mask  # write: start a single conversion; read: 1 = not converting
+MODE_SINGLE = chip.MODE.mask  # 1: single-shot / power-down, 0: continuous
+COMP_QUE_DISABLE = chip.COMP_QUE_DISABLE
+MUX = chip.MUX
+PGA = chip.PGA
+DATA_RATE = chip.DATA_RATE
 LOOP_OPEN_MA, LOOP_LOW_MA, LOOP_HIGH_MA, LOOP_SHORT_MA = 3.6, 3.8, 20.5, 21.0  # NAMUR NE 43
 
 
@@ -56,20 +62,48 @@ def volts_to_code(volts: float, fsr: float) -> int:
 
 
 def config_word(mux: str, fsr: float, rate: int, single: bool = True, start: bool = True) -> int:
-    return ((OS_SINGLE if start else 0) | (MUX[mux] << 12) | (PGA[fsr] << 9) | (MODE_SINGLE if single else 0)
-            | (DATA_RATE[rate] << 5) | COMP_QUE_DISABLE)
+    w = chip.OS.put(0, int(start))
+    w = chip.MUX_FIELD.put(w, MUX[mux])
+    w = chip.PGA_FIELD.put(w, PGA[fsr])
+    w = chip.MODE.put(w, int(single))
+    w = chip.DR.put(w, DATA_RATE[rate])
+    return chip.COMP_QUE.put(w, COMP_QUE_DISABLE)
 
 
 def loop_value(ma: float, lo: float, hi: float) -> tuple[float | None, Quality, str | None]:
-    """4-20 mA to engineering units with NAMUR NE 43 quality."""
-    if ma < LOOP_OPEN_MA:
-        return None, Quality.BAD, f"open loop: {ma:.2f} mA < {LOOP_OPEN_MA} mA (wire break or transmitter fault)"
-    if ma > LOOP_SHORT_MA:
-        return None, Quality.BAD, f"loop current {ma:.2f} mA > {LOOP_SHORT_MA} mA (short circuit or fault)"
+    """4-20 mA to engineering units with NAMUR NE 43 quality: a failure is signalled at <= 3.6 mA or >= 21 mA
+    (both boundaries are failure values)."""
+    if ma <= LOOP_OPEN_MA:
+        return None, Quality.BAD, f"open loop: {ma:.2f} mA <= {LOOP_OPEN_MA} mA (wire break or transmitter fault)"
+    if ma >= LOOP_SHORT_MA:
+        return None, Quality.BAD, f"loop current {ma:.2f} mA >= {LOOP_SHORT_MA} mA (short circuit or fault)"
     value = lo + (ma - 4.0) / 16.0 * (hi - lo)
     if ma < LOOP_LOW_MA or ma > LOOP_HIGH_MA:
         return value, Quality.UNCERTAIN, f"{ma:.2f} mA is outside the 3.8-20.5 mA measuring range"
     return value, Quality.GOOD, None
+
+
+def ac_rms(times: Sequence[float], volts: Sequence[float], mains_hz: float) -> tuple[float, int]:
+    """(RMS of the AC part, whole cycles integrated) of samples taken at `times` (s, any spacing): the mean and
+    the mean square are time integrals (trapezoids) over the largest whole number of mains cycles from the first
+    sample, the last point interpolated at the cycle boundary. ValueError if the samples span less than a cycle."""
+    t = np.asarray(times, dtype=float)
+    v = np.asarray(volts, dtype=float)
+    cycles = int(math.floor((t[-1] - t[0]) * mains_hz + 1e-9)) if len(t) > 1 else 0
+    if cycles < 1:
+        raise ValueError(f"expected samples spanning at least one {mains_hz:g} Hz cycle, got "
+                         f"{(t[-1] - t[0]) * 1000 if len(t) > 1 else 0:.1f} ms")
+    end = t[0] + cycles / mains_hz
+    n = int(np.searchsorted(t, end, side="right"))
+    tt, vv = t[:n], v[:n]
+    if tt[-1] < end:
+        tt = np.append(tt, end)
+        vv = np.append(vv, np.interp(end, t, v))
+    span = end - t[0]
+    dt = np.diff(tt)
+    mean = float(np.sum((vv[1:] + vv[:-1]) / 2 * dt)) / span
+    ac = vv - mean
+    return math.sqrt(max(float(np.sum((ac[1:] ** 2 + ac[:-1] ** 2) / 2 * dt)) / span, 0.0)), cycles
 
 
 CHANNEL_OPTIONS = [
@@ -87,8 +121,10 @@ CHANNEL_OPTIONS = [
     Option("range_hi", (int, float), 100.0, "loop: value at 20 mA"),
     Option("amps_per_volt", (int, float), 30.0, "ct_clamp: primary amps per volt at the clamp output",
            in_range(1e-6, 1e6)),
-    Option("samples", int, 172, "ct_clamp: conversions per reading at 860 SPS (172 = 0.2 s, 10 cycles at 50 Hz)",
-           in_range(16, 4096)),
+    Option("samples", int, 172, "ct_clamp: conversions read per reading at 860 SPS (172: about 0.2 s); the RMS "
+           "integrates the whole mains cycles they span, on their timestamps", in_range(16, 4096)),
+    Option("mains_hz", (int, float), 50.0, "ct_clamp: mains frequency (50 or 60 Hz); the RMS covers whole cycles",
+           in_range(10, 1000)),
     Option("signal", str, "", "emulation only: the plant signal on this input"),
 ]
 
@@ -126,10 +162,10 @@ class ADS1115(I2CSensor):
             c["range_v"] = float(c["range_v"])
             if not c["unit"]:
                 c["unit"] = {"voltage": "V", "loop_4_20ma": "", "ct_clamp": "A"}[c["kind"]]
-        chip = self.dev.bus.chips.get(self.address) if hasattr(self.dev.bus, "chips") else None
-        if chip is not None:
+        model = self.dev.bus.chips.get(self.address) if hasattr(self.dev.bus, "chips") else None
+        if model is not None:
             for c in self.chans:
-                chip.wire(c)
+                model.wire(c)
 
     def channels(self) -> list[tuple[str, str]]:
         return [(f"{self.name}.{c['name']}", c["unit"]) for c in self.chans]
@@ -140,7 +176,6 @@ class ADS1115(I2CSensor):
         self.dev.write_u16_be(_REG_CONFIG, want)
         got = self.dev.read_u16_be(_REG_CONFIG) & 0x7FFF
         if got != want & 0x7FFF:
-            from hal.errors import WrongDevice
             raise WrongDevice(f"{self.dev.where()}: config reads back 0x{got:04x}, wrote 0x{want:04x}: not an ADS1115")
 
     def single(self, mux: str, fsr: float, rate: int) -> float:
@@ -154,26 +189,34 @@ class ADS1115(I2CSensor):
             self.sleep(0.2 / rate)
         raise BusTimeout(f"{dev.where()}: conversion did not complete")
 
-    def continuous(self, mux: str, fsr: float, n: int) -> list[float]:
-        """`n` conversions at 860 SPS in continuous mode, then back to power-down."""
+    def continuous(self, mux: str, fsr: float, n: int) -> tuple[list[float], list[float]]:
+        """`n` reads of the conversion register in continuous mode at 860 SPS, then back to power-down: (times in
+        s on the bus clock, volts). The reads are paced at about one conversion period, but the real spacing (bus
+        time, scheduling, the converter's ±10 % data rate) is whatever the timestamps say."""
         dev = self.dev
         dev.write_u16_be(_REG_CONFIG, config_word(mux, fsr, 860, single=False, start=False))
-        self.sleep(2.0 / 860)  # the first result is ready after one conversion period
-        out = []
-        for _ in range(n):
-            out.append(code_to_volts(dev.read_u16_be(_REG_CONVERSION), fsr))
-            self.sleep(1.0 / 860)
-        dev.write_u16_be(_REG_CONFIG, config_word(mux, fsr, 860, single=True, start=False))
-        return out
+        self.sleep(2.0 * chip.conversion_s(860))  # the first result is ready after one conversion period
+        times, out = [], []
+        try:
+            for _ in range(n):
+                out.append(code_to_volts(dev.read_u16_be(_REG_CONVERSION), fsr))
+                times.append(self.clock())
+                self.sleep(chip.conversion_s(860))
+        finally:
+            dev.write_u16_be(_REG_CONFIG, config_word(mux, fsr, 860, single=True, start=False))
+        return times, out
 
     def read_chip(self, ts: int) -> list[Reading]:
         out = []
         for c in self.chans:
             ch = f"{self.name}.{c['name']}"
             if c["kind"] == "ct_clamp":
-                volts = self.continuous(c["input"], c["range_v"], c["samples"])
-                mean = sum(volts) / len(volts)
-                rms = math.sqrt(sum((v - mean) ** 2 for v in volts) / len(volts))
+                times, volts = self.continuous(c["input"], c["range_v"], c["samples"])
+                try:
+                    rms, _ = ac_rms(times, volts, c["mains_hz"])
+                except ValueError as e:
+                    out.append(Reading.bad(ch, f"{e}: raise samples", c["unit"], ts))
+                    continue
                 if max(abs(v) for v in volts) >= c["range_v"] * 32767 / 32768:
                     out.append(Reading.bad(ch, f"clamp output clipped at ±{c['range_v']} V: raise range_v", c["unit"],
                                            ts))
@@ -195,4 +238,4 @@ class ADS1115(I2CSensor):
         super().close()
 
 
-__all__ = ["ADS1115", "code_to_volts", "volts_to_code", "loop_value", "config_word"]
+__all__ = ["ADS1115", "code_to_volts", "volts_to_code", "loop_value", "config_word", "ac_rms"]

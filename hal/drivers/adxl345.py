@@ -1,59 +1,78 @@
 """Analog Devices ADXL345 3-axis accelerometer on I2C (0x53 with ALT ADDRESS low, 0x1D high), as a stream sensor.
 
-Source: Analog Devices, "ADXL345 Digital Accelerometer" data sheet Rev. E: register map (table 19), BW_RATE codes
-(table 7: 0x0F = 3200 Hz ... 0x0A = 100 Hz), DATA_FORMAT (FULL_RES: 3.9 mg/LSB typical in every range, ±16 g
-13-bit), FIFO (section "FIFO": 32 entries; stream mode keeps the newest 32; the watermark is FIFO_CTL samples[4:0];
-INT_SOURCE Overrun is set when unread data is replaced), and "Retrieving data from FIFO": each entry is read as one
-six-byte burst DATAX0..DATAZ1, which pops it.
+Registers, fields, rate codes, FIFO and timing come from `hal.chips.adxl345` (data sheet Rev. E, declared once).
 
-Reading: the FIFO runs in stream mode. Each drain reads INT_SOURCE (overrun), FIFO_STATUS (entries) once, then the
-entries back to back, six bytes each - no per-sample status polling; between drains the driver sleeps about one
-watermark period. An overrun means samples were lost: the block after it carries `gap` = the number of samples
-lost, estimated from the elapsed time, and a block is never stitched across a gap. The data sheet recommends SPI
-for 3200 and 1600 Hz; at 400 kHz I2C a six-byte read takes about 0.2 ms, so 3200 Hz leaves little margin - use
-800 Hz or less on a busy I2C bus. Sample times come from the output data rate (the chip's oscillator is ±10 %
-per the data sheet, so long-run timestamps drift; windows are short).
+Reading: the FIFO runs in stream mode. Each wake-up reads INT_SOURCE once; when it shows the watermark (or the FIFO
+full) the driver reads FIFO_STATUS (entries) once, then the entries back to back, six bytes each - no per-sample
+status polling; between drains it sleeps about one watermark period.
+
+Loss: the data sheet's Overrun bit in stream mode means "the FIFO is full", not "a sample was discarded", so it is
+not a loss count: a drain that finds exactly 32 entries lost nothing. Loss is found by counting: a sample can only
+be lost while the FIFO is full, so when a drain finds it full the driver compares the samples the chip must have
+produced since the previous drain's FIFO_STATUS read (elapsed bus-clock time × the output data rate, less the
+data sheet's ±10 % rate tolerance) with the 32 it holds. Only more than that is a gap: the block after it carries
+`gap` = the samples lost (estimated at the nominal rate) and a block is never stitched across it.
+
+Bus speed: the data sheet recommends 3200 and 1600 Hz only on SPI at 2 MHz or more and 800 Hz only on a bus at
+400 kHz or more, the other rates scaling with it (200 Hz at 100 kHz). On I2C the driver refuses a rate above
+that for the bus's `baudrate` (default 100 kHz, the Raspberry Pi's) unless the sensor sets `exceed_bus_rate`
+(then it logs a warning); one six-byte FIFO read is 84 SCL clocks, 210 µs at 400 kHz and 840 µs at 100 kHz, before
+any host latency. For higher rates use SPI or the RP2040 sensor node (`driver = "sensornode"`). Sample times come
+from the output data rate.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
+from hal.chips import adxl345 as chip
+from hal.chips import i2c_read_s
 from hal.drivers.base import address_option
-from hal.errors import HalError, WrongDevice
+from hal.errors import ConfigurationError, HalError, WrongDevice
 from hal.i2c import I2CDevice, open_i2c
-from hal.options import Option, in_range, positive
-from hal.types import Block, Quality, now_ns
+from hal.options import Option, at_most, in_range
+from hal.types import STANDARD_GRAVITY, Block, Quality, now_ns
 
-# -- registers (data sheet table 19) -------------------------------------------------------------------------------
-_REG_DEVID = 0x00  # 0xE5
-_REG_BW_RATE = 0x2C  # LOW_POWER[4] Rate[3:0]
-_REG_POWER_CTL = 0x2D  # Link[5] AUTO_SLEEP[4] Measure[3] Sleep[2] Wakeup[1:0]
-_REG_INT_SOURCE = 0x30  # DATA_READY[7] ... Watermark[1] Overrun[0]
-_REG_DATA_FORMAT = 0x31  # SELF_TEST[7] SPI[6] INT_INVERT[5] FULL_RES[3] Justify[2] Range[1:0]
-_REG_DATAX0 = 0x32  # DATAX0, DATAX1, DATAY0, DATAY1, DATAZ0, DATAZ1 (little-endian, two's complement)
-_REG_FIFO_CTL = 0x38  # FIFO_MODE[7:6] Trigger[5] Samples[4:0]
-_REG_FIFO_STATUS = 0x39  # FIFO_TRIG[7] Entries[5:0]
+log = logging.getLogger("hal.adxl345")
 
-DEVID = 0xE5
-MEASURE = 1 << 3
-FULL_RES = 1 << 3
-INT_DATA_READY, INT_WATERMARK, INT_OVERRUN = 1 << 7, 1 << 1, 1 << 0
-FIFO_BYPASS, FIFO_FIFO, FIFO_STREAM, FIFO_TRIGGER = 0b00, 0b01, 0b10, 0b11
-FIFO_DEPTH = 32
-RANGE_BITS = {2: 0b00, 4: 0b01, 8: 0b10, 16: 0b11}
-RATE_CODES = {3200: 0x0F, 1600: 0x0E, 800: 0x0D, 400: 0x0C, 200: 0x0B, 100: 0x0A, 50: 0x09, 25: 0x08}
-SCALE_G_PER_LSB = 0.0039  # full resolution, all ranges, typical (data sheet specifications table)
-STANDARD_GRAVITY = 9.80665  # m/s² per g
+_REG_DEVID = chip.DEVID.address
+_REG_BW_RATE = chip.BW_RATE.address
+_REG_POWER_CTL = chip.POWER_CTL.address
+_REG_INT_SOURCE = chip.INT_SOURCE.address
+_REG_DATA_FORMAT = chip.DATA_FORMAT.address
+_REG_DATAX0 = chip.DATAX0.address
+_REG_FIFO_CTL = chip.FIFO_CTL.address
+_REG_FIFO_STATUS = chip.FIFO_STATUS.address
+
+DEVID = chip.ID
+FIFO_DEPTH = chip.FIFO_DEPTH
+RANGE_BITS = chip.RANGE_CODES
+RATE_CODES = {int(r): code for r, code in chip.RATE_CODES.items() if r >= 25}  # the rates offered
+SCALE_G_PER_LSB = chip.SCALE_G_PER_LSB
 
 
 def raw_to_ms2(raw: np.ndarray) -> np.ndarray:
     """Counts (full resolution) to m/s²."""
     return raw.astype(np.float64) * (SCALE_G_PER_LSB * STANDARD_GRAVITY)
+
+
+def bus_rate_problem(rate_hz: float, baudrate: int) -> str | None:
+    """Why `rate_hz` is beyond what the data sheet recommends on I2C at `baudrate`, or None."""
+    top = chip.max_i2c_rate_hz(baudrate)
+    if rate_hz <= top:
+        return None
+    busy = rate_hz * i2c_read_s(chip.SAMPLE_BYTES, baudrate)
+    return (f"expected at most {top:g} Hz on I2C at {baudrate} Hz: the ADXL345 data sheet recommends 800 Hz only "
+            f"with a 400 kHz bus (scaled: {top:g} Hz at {baudrate // 1000} kHz) and 1600/3200 Hz only on SPI at "
+            f">= 2 MHz; {rate_hz:g} Hz would also keep the bus {busy * 100:.0f} % busy with FIFO reads alone. Use "
+            f"rate_hz <= {top:g}, raise the bus's baudrate (400000, with dtparam=i2c_arm_baudrate=400000 in "
+            f"/boot/firmware/config.txt), or read high rates through SPI or the RP2040 sensor node "
+            f"(driver = \"sensornode\"); exceed_bus_rate = true overrides this at your own risk")
 
 
 class ADXL345:
@@ -68,8 +87,19 @@ class ADXL345:
                choices=tuple(RANGE_BITS)),
         Option("block_size", int, 256, "samples per block", in_range(1, 65536)),
         Option("watermark", int, 16, "FIFO entries that trigger a drain", in_range(1, 31)),
-        Option("max_wait_s", (int, float), 0.5, "longest single sleep while waiting for the FIFO", positive),
+        Option("max_wait_s", (int, float), 0.5, "longest single sleep while waiting for the FIFO", at_most(10)),
+        Option("exceed_bus_rate", bool, False, "accept a rate_hz above the data sheet's recommendation for the I2C "
+               "bus speed (logs a warning; expect FIFO overruns and gaps)"),
     ]
+
+    @classmethod
+    def validate_bus(cls, values: Mapping[str, Any], bus: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """At config load: the rate against the I2C bus's stated baudrate (the same check the constructor makes)."""
+        if bus.get("type") != "i2c" or values.get("exceed_bus_rate"):
+            return []
+        baudrate = bus.get("baudrate", 100_000)
+        problem = bus_rate_problem(float(values["rate_hz"]), baudrate) if isinstance(baudrate, int) else None
+        return [("rate_hz", problem)] if problem else []
 
     def __init__(self, name: str, options: Mapping[str, Any], context: Any, bus: str | None = None) -> None:
         self.name = name
@@ -81,6 +111,12 @@ class ADXL345:
         self.axes = ("x", "y", "z")
         i2c = open_i2c(context, bus, name)
         self.address = int(options["address"])
+        self.baudrate = int(getattr(i2c, "baudrate", 100_000))
+        problem = bus_rate_problem(self.rate_hz, self.baudrate)
+        if problem and not options.get("exceed_bus_rate", False):
+            raise ConfigurationError(f"{name}.rate_hz: {problem}")
+        if problem:
+            log.warning("%s.rate_hz: %s (exceed_bus_rate = true: going ahead)", name, problem)
         if hasattr(i2c, "place"):
             i2c.place(self.address, self.CHIP)
         self.dev = I2CDevice(i2c, self.address, self.CHIP)
@@ -89,11 +125,12 @@ class ADXL345:
         self.time_ns = getattr(i2c, "time_ns", now_ns)  # an emulated bus stamps blocks on its clock
         self.ready = False
         self.last_error: str | None = None
-        self.counters = {"blocks": 0, "samples": 0, "checks": 0, "drains": 0, "overruns": 0, "lost_samples": 0, "bus_errors": 0,
-                         "inits": 0}
+        self.counters = {"blocks": 0, "samples": 0, "checks": 0, "drains": 0, "full": 0, "overruns": 0,
+                         "lost_samples": 0, "bus_errors": 0, "inits": 0}
         self._segments: list[dict[str, Any]] = []  # {gap, parts, start index}; only the last one grows
         self._index = 0  # samples (read or lost) since the first drain
-        self._next_t: float | None = None  # bus-clock time of the next expected sample
+        self._next_t: float | None = None  # bus-clock time of the next expected sample (after a fault: loss)
+        self._last_status_t: float | None = None  # bus-clock time of the last FIFO_STATUS read (FIFO then drained)
         self._wall0 = 0
 
     # -- setup --------------------------------------------------------------------------------------------------
@@ -104,12 +141,14 @@ class ADXL345:
         if devid != DEVID:
             raise WrongDevice(f"{dev.where()}: DEVID 0x{devid:02x}, expected 0x{DEVID:02x} (ADXL345)")
         dev.write_u8(_REG_POWER_CTL, 0)  # standby while configuring
-        dev.write_u8(_REG_BW_RATE, RATE_CODES[int(self.rate_hz)])
-        dev.write_u8(_REG_DATA_FORMAT, FULL_RES | RANGE_BITS[self.range_g])  # right-justified, full resolution
-        dev.write_u8(_REG_FIFO_CTL, FIFO_BYPASS << 6)  # bypass clears the FIFO
-        dev.write_u8(_REG_FIFO_CTL, (FIFO_STREAM << 6) | self.watermark)
-        dev.write_u8(_REG_POWER_CTL, MEASURE)
+        dev.write_u8(_REG_BW_RATE, chip.RATE.put(0, RATE_CODES[int(self.rate_hz)]))
+        # right-justified, full resolution
+        dev.write_u8(_REG_DATA_FORMAT, chip.RANGE.put(chip.FULL_RES.put(0, 1), RANGE_BITS[self.range_g]))
+        dev.write_u8(_REG_FIFO_CTL, chip.FIFO_MODE.put(0, chip.FIFO_BYPASS))  # bypass clears the FIFO
+        dev.write_u8(_REG_FIFO_CTL, chip.FIFO_SAMPLES.put(chip.FIFO_MODE.put(0, chip.FIFO_STREAM), self.watermark))
+        dev.write_u8(_REG_POWER_CTL, chip.MEASURE.put(0, 1))
         now = self.clock()
+        self._last_status_t = now
         if self._next_t is not None:  # re-initialised after a fault: every sample since the last one read is lost
             self._lost(max(1, int(round((now - self._next_t) * self.rate_hz)) + 1))
         self._next_t = now + 1.0 / self.rate_hz
@@ -143,33 +182,45 @@ class ADXL345:
 
     # -- reading ------------------------------------------------------------------------------------------------
     def drain(self, force: bool = False) -> int:
-        """Read everything the FIFO holds once it reached the watermark (or overran; `force`: whatever it holds).
+        """Read everything the FIFO holds once it reached the watermark (or is full; `force`: whatever it holds).
         Returns the number of entries read."""
         dev = self.dev
         source = dev.read_u8(_REG_INT_SOURCE)
         self.counters["checks"] += 1
-        if not source & (INT_WATERMARK | INT_OVERRUN) and not force:
+        full_flag = chip.INT_OVERRUN.get(source)  # stream mode: "the FIFO is full", not "a sample was lost"
+        if not (chip.INT_WATERMARK.get(source) or full_flag or force):
             return 0  # below the watermark: one status byte, no FIFO traffic
-        entries = dev.read_u8(_REG_FIFO_STATUS) & 0x3F
+        entries = chip.FIFO_ENTRIES.get(dev.read_u8(_REG_FIFO_STATUS))
         now = self.clock()
         self.counters["drains"] += 1
         if entries == 0:
             return 0
         raw = np.empty((entries, 3), dtype=np.int16)
         for i in range(entries):  # one six-byte burst per entry: reading DATAZ1 pops the entry
-            raw[i] = np.frombuffer(dev.read_bytes(_REG_DATAX0, 6), dtype="<i2")
-        assert self._next_t is not None
-        oldest_t = now - (entries - 1) / self.rate_hz
-        if source & INT_OVERRUN:
-            self.counters["overruns"] += 1
-            self._lost(max(1, int(round((oldest_t - self._next_t) * self.rate_hz))))
+            raw[i] = np.frombuffer(dev.read_bytes(_REG_DATAX0, chip.SAMPLE_BYTES), dtype="<i2")
+        assert self._last_status_t is not None
+        if full_flag or entries >= FIFO_DEPTH:
+            self.counters["full"] += 1
+            self._lost(self.lost_since(now - self._last_status_t, entries))
         if not self._segments:
             self._segments.append({"gap": 0, "parts": [], "start": self._index})
         self._segments[-1]["parts"].append(raw)
         self._index += entries
         self.counters["samples"] += entries
+        self._last_status_t = now
         self._next_t = now + 1.0 / self.rate_hz
         return entries
+
+    def lost_since(self, elapsed_s: float, entries: int) -> int:
+        """Samples lost when a full FIFO holding `entries` is found `elapsed_s` after the previous drain's
+        FIFO_STATUS read (the FIFO was empty then, up to what arrived during that drain's reads): zero unless even
+        the slowest rate the data sheet allows (nominal - 10 %) produced more than the FIFO holds; then the
+        nominal count beyond what it holds."""
+        slowest = elapsed_s * self.rate_hz * (1.0 - chip.ODR_TOLERANCE)
+        if slowest <= entries + 1:
+            return 0
+        self.counters["overruns"] += 1
+        return max(1, int(round(elapsed_s * self.rate_hz)) - entries)
 
     def _ready_block(self) -> Block | None:
         """The next block: `block_size` samples of the oldest segment, or all of it once a gap has closed it."""
@@ -220,4 +271,4 @@ class ADXL345:
         self.ready = False
 
 
-__all__ = ["ADXL345", "raw_to_ms2"]
+__all__ = ["ADXL345", "raw_to_ms2", "bus_rate_problem"]

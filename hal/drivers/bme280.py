@@ -16,27 +16,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hal.chips import bme280 as chip
 from hal.drivers.base import I2CSensor, address_option
 from hal.errors import WrongDevice
 from hal.options import Option
 from hal.types import Quality, Reading
 
-# -- registers (datasheet table 18) --------------------------------------------------------------------------------
-_REG_CALIB00 = 0x88  # dig_T1 .. dig_P9 (24 bytes, little-endian words), 0xA0 reserved, 0xA1 dig_H1
-_REG_ID = 0xD0  # chip_id: 0x60 (BMP280 reads 0x58)
-_REG_RESET = 0xE0  # write 0xB6 for a power-on reset
-_REG_CALIB26 = 0xE1  # dig_H2 .. dig_H6 (7 bytes)
-_REG_CTRL_HUM = 0xF2  # osrs_h[2:0]; takes effect after the next write to ctrl_meas
-_REG_STATUS = 0xF3  # measuring[3], im_update[0]
-_REG_CTRL_MEAS = 0xF4  # osrs_t[7:5] osrs_p[4:2] mode[1:0]
-_REG_CONFIG = 0xF5  # t_sb[7:5] filter[4:2] spi3w_en[0]
-_REG_PRESS_MSB = 0xF7  # press_msb, press_lsb, press_xlsb[7:4], temp (3), hum_msb, hum_lsb
+# -- registers (datasheet table 18; declared in hal.chips.bme280) ---------------------------------------------------
+_REG_CALIB00 = chip.CALIB00.address
+_REG_ID = chip.ID.address
+_REG_RESET = chip.RESET.address
+_REG_CALIB26 = chip.CALIB26.address
+_REG_CTRL_HUM = chip.CTRL_HUM.address
+_REG_STATUS = chip.STATUS.address
+_REG_CTRL_MEAS = chip.CTRL_MEAS.address
+_REG_CONFIG = chip.CONFIG.address
+_REG_PRESS_MSB = chip.PRESS_MSB.address
 
-CHIP_ID = 0x60
-BMP280_ID = 0x58
-RESET_WORD = 0xB6
-STATUS_MEASURING = 1 << 3
-STATUS_IM_UPDATE = 1 << 0
+CHIP_ID = chip.CHIP_ID
+BMP280_ID = chip.BMP280_ID
+RESET_WORD = chip.RESET_WORD
+STATUS_MEASURING = chip.MEASURING.mask
+STATUS_IM_UPDATE = chip.IM_UPDATE.mask
 MODE_SLEEP, MODE_FORCED, MODE_NORMAL = 0b00, 0b01, 0b11
 OVERSAMPLING = {0: 0b000, 1: 0b001, 2: 0b010, 4: 0b011, 8: 0b100, 16: 0b101}  # skipped, x1 .. x16
 FILTER = {0: 0b000, 2: 0b001, 4: 0b010, 8: 0b011, 16: 0b100}  # IIR filter coefficient
@@ -131,15 +132,7 @@ def compensate_humidity(adc_H: int, t_fine: int, cal: Calibration) -> int:
     return v >> 12
 
 
-def measurement_time_max_ms(osrs_t: int, osrs_p: int, osrs_h: int) -> float:
-    """Datasheet 9.1: t_measure,max = 1.25 + 2.3*T + (2.3*P + 0.575) + (2.3*H + 0.575) ms (oversampling factors,
-    a skipped measurement counts 0 and drops its 0.575)."""
-    t = 1.25 + 2.3 * osrs_t
-    if osrs_p:
-        t += 2.3 * osrs_p + 0.575
-    if osrs_h:
-        t += 2.3 * osrs_h + 0.575
-    return t
+measurement_time_max_ms = chip.measurement_time_max_ms  # datasheet 9.1
 
 
 def _osrs_check(v: Any) -> str | None:

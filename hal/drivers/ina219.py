@@ -13,45 +13,33 @@ Corroborated by Adafruit's adafruit_ina219.py (32 V, 2 A, 0.1 ohm: Current_LSB 1
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from hal.chips import ina219 as chip
+from hal.chips.ina219 import calibration, calibration_limits
 from hal.drivers.base import I2CSensor, address_option
+from hal.errors import WrongDevice
 from hal.options import Option, in_range
 from hal.types import Quality, Reading
 
-_REG_CONFIG = 0x00
-_REG_SHUNT_VOLTAGE = 0x01
-_REG_BUS_VOLTAGE = 0x02
-_REG_POWER = 0x03
-_REG_CURRENT = 0x04
-_REG_CALIBRATION = 0x05
+_REG_CONFIG = chip.CONFIG.address
+_REG_SHUNT_VOLTAGE = chip.SHUNT_VOLTAGE.address
+_REG_BUS_VOLTAGE = chip.BUS_VOLTAGE.address
+_REG_POWER = chip.POWER.address
+_REG_CURRENT = chip.CURRENT.address
+_REG_CALIBRATION = chip.CALIBRATION.address
 
-CONFIG_RESET = 0x399F
-RESET_BIT = 1 << 15
-BRNG = {16: 0, 32: 1}
-PG = {0.04: 0b00, 0.08: 0b01, 0.16: 0b10, 0.32: 0b11}  # shunt full scale in V
-ADC = {1: 0b0011, 2: 0b1001, 4: 0b1010, 8: 0b1011, 16: 0b1100, 32: 0b1101, 64: 0b1110, 128: 0b1111}  # averaging
-MODE_SHUNT_BUS_CONTINUOUS = 0b111
-SHUNT_LSB_V = 10e-6
-BUS_LSB_V = 0.004
-CNVR, OVF = 1 << 1, 1 << 0
+CONFIG_RESET = chip.CONFIG_RESET
+RESET_BIT = chip.RST.mask
+PG = chip.PG_FULL_SCALE_V  # shunt full scale in V
+ADC = chip.ADC_AVERAGING
+SHUNT_LSB_V = chip.SHUNT_LSB_V
+BUS_LSB_V = chip.BUS_LSB_V
 
 
 def _s16(v: int) -> int:
     return v - 0x10000 if v & 0x8000 else v
-
-
-def calibration(max_current_a: float, shunt_ohm: float, current_lsb_a: float = 0.0) -> tuple[int, float, float]:
-    """(Cal register, Current_LSB in A, Power_LSB in W) per the data sheet's equations 1-3. With `current_lsb_a`
-    given (a round number, as the data sheet suggests) it is used; otherwise Max Expected Current / 2^15."""
-    lsb = current_lsb_a or max_current_a / 32768.0
-    cal = int(math.trunc(0.04096 / (lsb * shunt_ohm))) & 0xFFFE
-    if not 0 < cal <= 0xFFFE:
-        raise ValueError(f"calibration {cal} out of range: choose a larger shunt or current LSB")
-    lsb = 0.04096 / (cal * shunt_ohm) if not current_lsb_a else lsb
-    return cal, lsb, 20.0 * lsb
 
 
 def shunt_register_to_volts(raw: int) -> float:
@@ -97,18 +85,19 @@ class INA219(I2CSensor):
         shunt_fs = float(options["max_current_a"]) * self.shunt_ohm
         self.pga = min((fs for fs in PG if fs >= shunt_fs - 1e-9), default=0.32)
         adc = ADC[int(options["averaging"])]
-        self.config = ((BRNG[int(options["bus_range_v"])] << 13) | (PG[self.pga] << 11) | (adc << 7) | (adc << 3)
-                       | MODE_SHUNT_BUS_CONTINUOUS)
-        chip = self.dev.bus.chips.get(self.address) if hasattr(self.dev.bus, "chips") else None
-        if chip is not None:
-            chip.shunt_ohm = self.shunt_ohm
+        config = chip.BRNG.put(0, chip.BUS_RANGE_V[int(options["bus_range_v"])])
+        config = chip.PG.put(config, PG[self.pga])
+        config = chip.BADC.put(chip.SADC.put(config, adc), adc)
+        self.config = chip.MODE.put(config, chip.MODE_SHUNT_BUS_CONTINUOUS)
+        model = self.dev.bus.chips.get(self.address) if hasattr(self.dev.bus, "chips") else None
+        if model is not None:
+            model.shunt_ohm = self.shunt_ohm
 
     def init_chip(self) -> None:
         dev = self.dev
         dev.write_u16_be(_REG_CONFIG, RESET_BIT)
         got = dev.read_u16_be(_REG_CONFIG)
         if got != CONFIG_RESET:
-            from hal.errors import WrongDevice
             raise WrongDevice(f"{dev.where()}: config after reset reads 0x{got:04x}, expected 0x{CONFIG_RESET:04x} "
                               "(INA219)")
         dev.write_u16_be(_REG_CONFIG, self.config)
@@ -126,7 +115,7 @@ class INA219(I2CSensor):
         out = [Reading(f"{n}.bus_voltage", ts, round(bus_register_to_volts(bus_raw), 4), "V", Quality.GOOD),
                Reading(f"{n}.shunt_voltage", ts, round(shunt_register_to_volts(shunt_raw) * 1000.0, 3), "mV",
                        Quality.GOOD)]
-        if bus_raw & OVF:
+        if chip.OVF.get(bus_raw):
             err = "math overflow: current or power beyond the calibration range (raise max_current_a)"
             out += [Reading.bad(f"{n}.current", err, "A", ts), Reading.bad(f"{n}.power", err, "W", ts)]
         else:
@@ -135,4 +124,4 @@ class INA219(I2CSensor):
         return out
 
 
-__all__ = ["INA219", "calibration", "shunt_register_to_volts", "bus_register_to_volts"]
+__all__ = ["INA219", "calibration", "calibration_limits", "shunt_register_to_volts", "bus_register_to_volts"]

@@ -1,9 +1,15 @@
 """Chip models for the emulated I2C bus: the registers each driver touches, behaving like the data sheet says, and
 driven by the plant (`hal.emulated.plant.Plant`) on the bus's clock.
 
+Register addresses, fields, reset values, rate and range tables come from the chip declarations in `hal.chips` -
+the same ones the drivers and `scan` use; this module owns only the behaviour (FIFO fill, conversion timing, the
+values the plant puts on the inputs). Only the BME280 model still borrows from its driver: the data sheet's
+compensation formulas (`hal.drivers.bme280`), which it inverts.
+
 * `ADXL345Model`: DEVID, BW_RATE, POWER_CTL, DATA_FORMAT, FIFO_CTL/FIFO_STATUS, INT_SOURCE; a 32-entry FIFO filled
-  at the output data rate with the plant's vibration (+1 g on z), stream mode dropping the oldest entry and setting
-  Overrun, reading DATAZ1 pops an entry.
+  at the output data rate with the plant's vibration (+1 g on z); stream mode drops the oldest entry when a sample
+  arrives while it is full; Overrun is set when the FIFO is full (cleared by reading FIFO data), in bypass mode when
+  unread data is replaced; reading DATAZ1 pops an entry; `discarded` counts what was really lost.
 * `BME280Model`: chip id, reset, calibration NVM (the data sheet example's coefficients), forced and normal mode,
   the measuring bit for the data sheet's measurement time; raw values found by inverting the compensation so the
   driver reads the plant's cabinet temperature, humidity and pressure.
@@ -20,6 +26,12 @@ import math
 from typing import Any
 
 import numpy as np
+
+from hal.chips import ads1115 as ADS
+from hal.chips import adxl345 as A
+from hal.chips import bme280 as BME
+from hal.chips import ina219 as INA
+from hal.types import STANDARD_GRAVITY
 
 
 class ChipModel:
@@ -57,19 +69,25 @@ class ChipModel:
 # -- ADXL345 ----------------------------------------------------------------------------------------------------------
 
 class ADXL345Model(ChipModel):
+    """The ADXL345 per `hal.chips.adxl345` (data sheet Rev. E): registers at their reset values, a 32-entry FIFO
+    filled at the output data rate; stream mode discards the oldest entry when a sample arrives while it is full,
+    FIFO mode stops collecting. INT_SOURCE Overrun follows the data sheet: in FIFO, stream and trigger mode it is
+    set when the FIFO is full and cleared when FIFO data is read; in bypass mode it is set when a new sample
+    replaces one that was not read. `discarded` counts the samples really lost (what a test checks a driver's
+    estimate against; the real chip has no such register)."""
+
     name = "adxl345"
-    RATES = {0x0F: 3200.0, 0x0E: 1600.0, 0x0D: 800.0, 0x0C: 400.0, 0x0B: 200.0, 0x0A: 100.0, 0x09: 50.0, 0x08: 25.0,
-             0x07: 12.5, 0x06: 6.25}
-    DEPTH = 32
+    DEPTH = A.FIFO_DEPTH
 
     def __init__(self, plant: Any = None) -> None:
         super().__init__(plant)
-        self.regs[0x00] = 0xE5  # DEVID
-        self.regs[0x2C] = 0x0A  # BW_RATE reset: 100 Hz
-        self.regs[0x30] = 0x02  # INT_SOURCE reset
+        for address, value in A.CHIP.reset_values().items():
+            self.regs[address] = value
         self.fifo: list[tuple[int, int, int]] = []
         self.overrun = False
+        self.discarded = 0  # samples lost: replaced in stream mode, not stored in FIFO mode (emulation only)
         self.latest = (0, 0, 0)
+        self._latest_unread = False
         self._t_start = 0.0
         self._k_next = 0
         self.gravity_axis = 2
@@ -77,24 +95,22 @@ class ADXL345Model(ChipModel):
 
     @property
     def rate(self) -> float:
-        return self.RATES.get(self.regs[0x2C] & 0x0F, 100.0)
+        return A.RATE_OF_CODE.get(A.RATE.get(self.regs[A.BW_RATE.address]), 100.0)
 
     @property
     def measuring(self) -> bool:
-        return bool(self.regs[0x2D] & 0x08)
+        return bool(A.MEASURE.get(self.regs[A.POWER_CTL.address]))
 
     @property
     def fifo_mode(self) -> int:
-        return self.regs[0x38] >> 6
+        return A.FIFO_MODE.get(self.regs[A.FIFO_CTL.address])
 
     def _encode(self, a_ms2: np.ndarray) -> np.ndarray:
-        fmt = self.regs[0x31]
-        rng = fmt & 0b11
-        full = bool(fmt & 0x08)
-        lsb_g = 0.0039 * (1 if full else (1 << rng))
-        bits = 10 + (rng if full else 0)
-        lim = 1 << (bits - 1)
-        return np.clip(np.round(a_ms2 / 9.80665 / lsb_g), -lim, lim - 1).astype(np.int64)
+        fmt = self.regs[A.DATA_FORMAT.address]
+        rng = {v: k for k, v in A.RANGE_CODES.items()}[A.RANGE.get(fmt)]
+        full = bool(A.FULL_RES.get(fmt))
+        lim = 1 << (A.data_bits(full, rng) - 1)
+        return np.clip(np.round(a_ms2 / STANDARD_GRAVITY / A.lsb_g(full, rng)), -lim, lim - 1).astype(np.int64)
 
     def _advance(self) -> None:
         if not self.measuring:
@@ -104,27 +120,33 @@ class ADXL345Model(ChipModel):
         n = k_end - self._k_next
         if n <= 0:
             return
+        mode = self.fifo_mode
         keep = self.DEPTH + 1
-        if n > keep:
-            self._k_next += n - keep
+        if n > keep:  # only the newest DEPTH + 1 can matter: the older ones are lost whatever the mode
+            skipped = n - keep
+            self._k_next += skipped
             n = keep
-            if self.fifo_mode in (0b01, 0b10):
-                self.overrun = True
+            self.discarded += skipped if mode != A.FIFO_BYPASS else 0
+            self.overrun = True  # FIFO modes: full; bypass: unread data replaced
         samples = self._samples(self._k_next, n)
         self._k_next = k_end
-        self.latest = samples[-1]
-        mode = self.fifo_mode
-        if mode == 0b00:  # bypass
+        if mode == A.FIFO_BYPASS:
+            if self._latest_unread or n > 1:
+                self.overrun = True  # new data replaced unread data in DATAX..DATAZ
+            self.latest = samples[-1]
+            self._latest_unread = True
             self.fifo = []
             return
+        self.latest = samples[-1]
         for s in samples:
             if len(self.fifo) >= self.DEPTH:
-                if mode == 0b01:  # FIFO mode: stop collecting when full
-                    self.overrun = True
+                self.discarded += 1
+                if mode == A.FIFO_FIFO:  # FIFO mode: stop collecting when full
                     continue
                 self.fifo.pop(0)  # stream / trigger: the oldest is replaced
-                self.overrun = True
             self.fifo.append(s)
+        if len(self.fifo) >= self.DEPTH:
+            self.overrun = True  # "set when the FIFO is filled"
 
     CHUNK_S = 0.05  # samples are computed from the plant this far ahead, in one vectorised call per chunk
 
@@ -139,7 +161,7 @@ class ADXL345Model(ChipModel):
             for axis in range(3):
                 a = self.plant.vibration(t, axis) if self.plant is not None else np.zeros(m)
                 if axis == self.gravity_axis:
-                    a = a + 9.80665
+                    a = a + STANDARD_GRAVITY
                 axes.append(self._encode(a))
             c = self._cache = (k0, list(zip(*(a.tolist() for a in axes))))
         i = k0 - c[0]
@@ -147,54 +169,61 @@ class ADXL345Model(ChipModel):
 
     def _int_source(self) -> int:
         entries = len(self.fifo)
-        v = 0
-        if entries or (self.fifo_mode == 0 and self.measuring):
-            v |= 0x80  # DATA_READY
-        if entries >= (self.regs[0x38] & 0x1F) and self.fifo_mode:
-            v |= 0x02  # Watermark
+        v = self.regs[A.INT_SOURCE.address] & ~(A.INT_DATA_READY.mask | A.INT_WATERMARK.mask | A.INT_OVERRUN.mask)
+        mode = self.fifo_mode
+        if entries or (mode == A.FIFO_BYPASS and self._latest_unread):
+            v |= A.INT_DATA_READY.mask
+        if mode != A.FIFO_BYPASS and entries >= A.FIFO_SAMPLES.get(self.regs[A.FIFO_CTL.address]):
+            v |= A.INT_WATERMARK.mask
         if self.overrun:
-            v |= 0x01
+            v |= A.INT_OVERRUN.mask
         return v
 
     def read(self, reg: int, n: int) -> bytes:
         self._advance()
         out = bytearray()
         popped = False
+        data0 = A.DATAX0.address
         for i in range(n):
             r = (reg + i) & 0xFF
-            if 0x32 <= r <= 0x37:
+            if data0 <= r <= data0 + 5:
                 s = self.fifo[0] if (self.fifo and self.fifo_mode) else self.latest
-                word = s[(r - 0x32) // 2] & 0xFFFF
-                out.append(word & 0xFF if (r - 0x32) % 2 == 0 else word >> 8)
-                if r == 0x37 and self.fifo and self.fifo_mode:
-                    popped = True
-            elif r == 0x30:
+                word = s[(r - data0) // 2] & 0xFFFF
+                out.append(word & 0xFF if (r - data0) % 2 == 0 else word >> 8)
+                if r == data0 + 5:
+                    if self.fifo and self.fifo_mode:
+                        popped = True
+                    elif not self.fifo_mode:
+                        self._latest_unread = False
+                        self.overrun = False
+            elif r == A.INT_SOURCE.address:
                 out.append(self._int_source())
-            elif r == 0x39:
-                out.append(min(len(self.fifo), self.DEPTH) & 0x3F)
+            elif r == A.FIFO_STATUS.address:
+                out.append(A.FIFO_ENTRIES.put(0, min(len(self.fifo), self.DEPTH)))
             else:
                 out.append(self.regs[r])
         if popped:
             self.fifo.pop(0)
-            self.overrun = False  # cleared by reading the data registers
+            self.overrun = False  # "cleared when the contents of the FIFO are read"
         self.pointer = reg
         return bytes(out)
 
     def write(self, reg: int, data: bytes) -> None:
         self._advance()
+        readonly = {r.address for r in A.CHIP.registers.values() if r.readonly} | set(range(0x32, 0x38))
         for i, b in enumerate(data):
             r = (reg + i) & 0xFF
-            if r in (0x00, 0x30, 0x39) or 0x32 <= r <= 0x37:
-                continue  # read-only
+            if r in readonly:
+                continue
             was_measuring = self.measuring
             self.regs[r] = b
-            if r in (0x2C, 0x2D, 0x31):
+            if r in (A.BW_RATE.address, A.POWER_CTL.address, A.DATA_FORMAT.address):
                 self._cache = None  # rate, measurement start or format changed
-            if r == 0x2D and self.measuring and not was_measuring:
+            if r == A.POWER_CTL.address and self.measuring and not was_measuring:
                 self._t_start = self.now()
                 self._k_next = 0
-            if r == 0x38 and (b >> 6) == 0:
-                self.fifo = []
+            if r == A.FIFO_CTL.address and A.FIFO_MODE.get(b) == A.FIFO_BYPASS:
+                self.fifo = []  # bypass clears the FIFO
                 self.overrun = False
 
 
@@ -212,7 +241,7 @@ class BME280Model(ChipModel):
         c, h = self.cal.to_registers()
         self.regs[0x88:0x88 + 26] = c
         self.regs[0xE1:0xE1 + 7] = h
-        self.regs[0xD0] = 0x60
+        self.regs[BME.ID.address] = BME.CHIP_ID
         self._busy_until = 0.0
         self._reset()
         self.environment: tuple[float, float, float] | None = None  # (degC, %RH, hPa) override
@@ -221,7 +250,7 @@ class BME280Model(ChipModel):
     def _reset(self) -> None:
         for r in (0xF2, 0xF3, 0xF4, 0xF5):
             self.regs[r] = 0
-        self.regs[0xF7:0xFF] = bytes([0x80, 0, 0, 0x80, 0, 0, 0x80, 0])  # skipped-measurement values
+        self.regs[0xF7:0xFF] = BME.SKIPPED_DATA  # skipped-measurement values
 
     def _environment(self) -> tuple[float, float, float]:
         if self.environment is not None:
@@ -275,10 +304,9 @@ class BME280Model(ChipModel):
                 continue  # read-only
             self.regs[r] = b
             if r == 0xF4 and (b & 0b11) in (0b01, 0b10):  # forced mode: one measurement, then sleep
-                from hal.drivers.bme280 import measurement_time_max_ms
-                factors = {0: 0, 1: 1, 2: 2, 3: 4, 4: 8, 5: 16}
-                ms = measurement_time_max_ms(factors[(b >> 5) & 7] or 0, factors[(b >> 2) & 7],
-                                             factors[self.regs[0xF2] & 7])
+                f = BME.OVERSAMPLING_OF_CODE
+                ms = BME.measurement_time_max_ms(f[BME.OSRS_T.get(b)], f[BME.OSRS_P.get(b)],
+                                                 f[BME.OSRS_H.get(self.regs[BME.CTRL_HUM.address])])
                 self._measure()
                 self._busy_until = self.now() + ms / 1000.0
                 self.regs[0xF4] = b & ~0b11
@@ -290,14 +318,13 @@ class ADS1115Model(ChipModel):
     """16-bit registers behind a pointer; inputs wired to functions of plant time returning volts."""
 
     name = "ads1115"
-    FSR = {0: 6.144, 1: 4.096, 2: 2.048, 3: 1.024, 4: 0.512, 5: 0.256, 6: 0.256, 7: 0.256}
-    RATES = {0: 8, 1: 16, 2: 32, 3: 64, 4: 128, 5: 250, 6: 475, 7: 860}
-    MUX_NAMES = {0: "AIN0-AIN1", 1: "AIN0-AIN3", 2: "AIN1-AIN3", 3: "AIN2-AIN3", 4: "AIN0", 5: "AIN1", 6: "AIN2",
-                 7: "AIN3"}
+    FSR = ADS.FSR_OF_CODE
+    RATES = ADS.RATE_OF_CODE
+    MUX_NAMES = ADS.MUX_OF_CODE
 
     def __init__(self, plant: Any = None) -> None:
         super().__init__(plant)
-        self.words = {0: 0x0000, 1: 0x8583, 2: 0x8000, 3: 0x7FFF}
+        self.words = dict(ADS.CHIP.reset_values())
         self.inputs: dict[str, Any] = {}  # mux name -> f(plant time) -> volts
         self._done_at = 0.0
         self._started = 0.0
@@ -377,12 +404,12 @@ class ADS1115Model(ChipModel):
 
 class INA219Model(ChipModel):
     name = "ina219"
-    PG_FS = {0: 0.04, 1: 0.08, 2: 0.16, 3: 0.32}
+    PG_FS = {code: fs for fs, code in INA.PG_FULL_SCALE_V.items()}
 
     def __init__(self, plant: Any = None) -> None:
         super().__init__(plant)
         self.shunt_ohm = 0.1
-        self.words = {0: 0x399F, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0}
+        self.words = {0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, **INA.CHIP.reset_values()}
         self.rail: tuple[float, float] | None = None  # (bus volts, amps) override
 
     def _update(self) -> None:
@@ -415,8 +442,8 @@ class INA219Model(ChipModel):
         if len(data) < 2 or reg not in (0, 5):
             return
         w = (data[0] << 8) | data[1]
-        if reg == 0 and w & 0x8000:  # RST: all registers to their power-on values
-            self.words = {0: 0x399F, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0}
+        if reg == INA.CONFIG.address and INA.RST.get(w):  # RST: all registers to their power-on values
+            self.words = {0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, **INA.CHIP.reset_values()}
             return
         self.words[reg] = w & 0xFFFE if reg == 5 else w
 

@@ -18,8 +18,9 @@ from typing import Any
 
 
 class EmulatedI2CBus:
-    def __init__(self, name: str = "i2c", plant: Any = None, clock: Any = None) -> None:
+    def __init__(self, name: str = "i2c", plant: Any = None, clock: Any = None, baudrate: int = 100_000) -> None:
         self.name = name
+        self.baudrate = baudrate  # the configured SCL clock: drivers check their rates against it
         self.path = ""
         self.plant = plant
         clock = clock or getattr(plant, "clock", None)  # the plant's clock (hal.clock) unless a test passes one

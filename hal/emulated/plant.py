@@ -18,7 +18,9 @@ rate. A scenario (`hal.emulated.scenario`) gives it an operating schedule and fa
   resonance (`resonance_hz`, damping `resonance_zeta`), and the clearance it wears adds 1× looseness and broadband
   noise, so the velocity RMS (ISO zone) rises with it as well as the envelope's BPFO line.
 
-Without a schedule the machine runs at constant speed from its epoch, as before. Plant time is the clock's time
+Without a schedule the machine runs at constant speed from its epoch, as before. The defaults are a healthy machine
+(ISO 10816-3 zone B, velocity RMS about 1.7 mm/s): a scenario without a `[plant]` section starts healthy, and only
+faults raise the vibration. Plant time is the clock's time
 (`hal.clock`): `now()` is seconds since the plant was made; `t(ts_ns)` converts a timestamp.
 """
 
@@ -120,8 +122,12 @@ class _Segment:
 
 
 class Plant:
-    def __init__(self, shaft_hz: float = 24.75, imbalance_ms2: float = 2.0, misalignment_ms2: float = 0.6,
-                 noise_ms2: float = 0.3, ambient_c: float = 22.0, seed: int | None = None, clock: Any = None) -> None:
+    # Defaults: a healthy, well-balanced spindle - velocity RMS about 1.7 mm/s (10-1000 Hz), ISO 10816-3 zone B for
+    # group 2 on a rigid foundation (A/B 1.4, B/C 2.8 mm/s). Faults (bearing_fault, a scenario's [plant]) raise it.
+    HEALTHY = {"imbalance_ms2": 0.35, "misalignment_ms2": 0.15, "noise_ms2": 0.15}
+
+    def __init__(self, shaft_hz: float = 24.75, imbalance_ms2: float = 0.35, misalignment_ms2: float = 0.15,
+                 noise_ms2: float = 0.15, ambient_c: float = 22.0, seed: int | None = None, clock: Any = None) -> None:
         self.shaft_hz = shaft_hz
         self.imbalance_ms2 = imbalance_ms2
         self.misalignment_ms2 = misalignment_ms2

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hal.errors import ConfigurationError
-from hal.options import Option, in_range, positive
+from hal.options import Option, at_most, in_range
 from hal.sensornode import protocol as P
 from hal.sources import HalContext
 from hal.types import Block, Quality, now_ns
@@ -70,7 +70,7 @@ class _Last:
     t0_raw: int
     t0_dev_us: int  # unwrapped device time of the frame's first sample
     n: int
-    rate: int
+    rate: float
 
 
 class SensorNode:
@@ -88,10 +88,11 @@ class SensorNode:
                _channels),
         Option("axes", list, [], "one name per channel (default \"x\" for one channel, else ch<N>)", _names),
         Option("unit", str, "m/s2", "engineering unit of the samples"),
-        Option("mv_per_unit", (int, float), 10.0, "sensor sensitivity in mV per unit", positive),
+        Option("mv_per_unit", (int, float), 10.0, "sensor sensitivity in mV per unit", at_most(1e6)),
         Option("zero_v", (int, float), 1.65, "sensor output in V at zero", in_range(0, 5)),
-        Option("vref_v", (int, float), 3.3, "ADC reference voltage", positive),
-        Option("baudrate", int, 921600, "baud rate of a UART link (USB-CDC ignores it)", positive),
+        Option("vref_v", (int, float), 3.3, "ADC reference voltage", in_range(0.5, 10)),
+        Option("baudrate", int, 921600, "baud rate of a UART link (USB-CDC ignores it)",
+               in_range(50, 16_000_000)),
         Option("timeout_s", (int, float), 2.0, "command reply timeout; a silent link is reopened after it",
                in_range(0.1, 60)),
         Option("reconnect_max_s", (int, float), 10.0, "longest wait between reconnect attempts", in_range(0.1, 600)),
@@ -102,7 +103,8 @@ class SensorNode:
         self.context = context
         self.port_pattern = options["port"]
         self.board_id = options["board_id"].lower()
-        self.rate_hz = float(options["rate_hz"])
+        self.requested_hz = int(options["rate_hz"])  # what SET_RATE asks for
+        self.rate_hz = float(self.requested_hz)  # what the node reports it really runs (1e9 / period_ns)
         self.block_size = int(options["block_size"])
         self.channels = tuple(options["channels"])
         axes = list(options["axes"])
@@ -229,13 +231,14 @@ class SensorNode:
         if ident is not None and not ident.min_rate_hz <= rate <= ident.max_rate_hz:
             raise ConfigurationError(f"{self.name}: rate {rate} Hz outside the node's "
                                      f"{ident.min_rate_hz}..{ident.max_rate_hz} Hz")
+        self.requested_hz = rate
         self.rate_hz = float(rate)
         with self._io:
             if self._ser is None:
                 return  # applied at the next connect
             try:
                 reply = self._command(P.T_SET_RATE, rate)
-                self.rate_hz = float(reply.fields["rate_hz"])
+                self.rate_hz = 1e9 / reply.fields["period_ns"]
             except NodeRefused as e:
                 raise ConfigurationError(f"{self.name}: {e}") from None
             except LinkFault as e:
@@ -312,16 +315,19 @@ class SensorNode:
         missing = [c for c in self.channels if not ident.available_mask >> c & 1]
         if missing:
             raise NodeRefused(f"channels {missing} not available (node has {list(ident.available_channels)})")
-        if not ident.min_rate_hz <= self.rate_hz <= ident.max_rate_hz:
-            raise NodeRefused(f"rate {self.rate_hz:g} Hz outside {ident.min_rate_hz}..{ident.max_rate_hz} Hz")
-        self.rate_hz = float(self._command(P.T_SET_RATE, int(self.rate_hz)).fields["rate_hz"])
+        if ident.proto != P.PROTO_VERSION:
+            raise NodeRefused(f"protocol {ident.proto}, expected {P.PROTO_VERSION}: flash the firmware/ of this "
+                              f"edge-agent version (docs/sensornode.md)")
+        if not ident.min_rate_hz <= self.requested_hz <= ident.max_rate_hz:
+            raise NodeRefused(f"rate {self.requested_hz} Hz outside {ident.min_rate_hz}..{ident.max_rate_hz} Hz")
+        self.rate_hz = 1e9 / self._command(P.T_SET_RATE, self.requested_hz).fields["period_ns"]
         self._last = None
         self._anchor = None
         self._command(P.T_START, self.mask, self.block_size)
 
     def _command(self, kind: int, *args: int) -> Any:
         """Send a command and wait for its reply (DATA frames meanwhile are queued as blocks). Two attempts."""
-        for attempt in range(2):
+        for _attempt in range(2):
             tag = self._next_tag()
             try:
                 self._ser.write(P.command(kind, tag, *args))
@@ -378,8 +384,8 @@ class SensorNode:
                     log.debug("%s: %s", self.name, frame)
 
     def _to_block(self, f: P.DataFrame, arrival_ns: int) -> Block:
-        rate = f.rate_hz
-        period_ns = 1e9 / rate
+        rate = f.rate_hz  # the real rate, from the node's timer period (not the nominal one asked for)
+        period_ns = float(f.period_ns)
         gap = f.dropped
         if f.dropped:
             self._stats["node_overruns"] += f.dropped

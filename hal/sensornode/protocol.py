@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PROTO_VERSION = 1
+PROTO_VERSION = 2  # 2: replies and DATA carry the sampling period in ns
 
 T_DATA = 0x01
 T_IDENTIFY = 0x10
@@ -36,7 +36,7 @@ ERROR_NAMES = {E_UNKNOWN: "unknown command", E_LENGTH: "bad length", E_CRC: "bad
                E_FRAMING: "bad framing"}
 COMMAND_NAMES = {T_IDENTIFY: "IDENTIFY", T_START: "START", T_STOP: "STOP", T_SET_RATE: "SET_RATE", T_PING: "PING"}
 
-DATA_HDR = struct.Struct("<BBHIIII")  # type, channel mask, n, seq, t0_us, rate_hz, dropped
+DATA_HDR = struct.Struct("<BBHIIII")  # type, channel mask, n, seq, t0_us, period_ns, dropped
 MAX_FRAME = 16384  # longest encoded frame accepted (a DATA frame of 1024 samples x 5 channels is ~10.3 kB)
 
 # ---- COBS and CRC ------------------------------------------------------------------------------------------------
@@ -103,9 +103,14 @@ class DataFrame:
     n: int
     seq: int
     t0_us: int
-    rate_hz: int
+    period_ns: int  # the sampling period the node's timer really runs
     dropped: int
     samples: np.ndarray  # int16, shape (n, channels)
+
+    @property
+    def rate_hz(self) -> float:
+        """The real sample rate (1e9 / period_ns): 3205.128 Hz for a requested 3200 Hz on the rp2 timer."""
+        return 1e9 / self.period_ns
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -123,11 +128,15 @@ class Identity:
     ticks_bits: int
     reset_cause: int
     block: int
-    rate_hz: int
-    min_rate_hz: int
+    period_ns: int  # the sampling period in effect
+    min_rate_hz: int  # the rates SET_RATE accepts (requested, in Hz)
     max_rate_hz: int
     board_id: str  # hex of machine.unique_id()
     name: str
+
+    @property
+    def rate_hz(self) -> float:
+        return 1e9 / self.period_ns if self.period_ns else 0.0
 
     @property
     def available_channels(self) -> tuple[int, ...]:
@@ -164,9 +173,9 @@ class FrameError(ValueError):
 
 _IDENT = struct.Struct("<BBBBBBBBBBBHIIIB")
 _REPLY_FIELDS = {
-    T_START | REPLY: (struct.Struct("<BBBHIHI"), ("mask", "n", "rate_hz", "slots", "seq")),
+    T_START | REPLY: (struct.Struct("<BBBHIHI"), ("mask", "n", "period_ns", "slots", "seq")),
     T_STOP | REPLY: (struct.Struct("<BBII"), ("seq", "dropped_total")),
-    T_SET_RATE | REPLY: (struct.Struct("<BBI"), ("rate_hz",)),
+    T_SET_RATE | REPLY: (struct.Struct("<BBI"), ("period_ns",)),
     T_PING | REPLY: (struct.Struct("<BBIBIIIII"),
                      ("token", "streaming", "seq", "dropped_total", "rx_errors", "frames_sent", "uptime_ms")),
 }
@@ -178,23 +187,24 @@ def parse_body(body: bytes) -> Frame:
     if t == T_DATA:
         if len(body) < DATA_HDR.size:
             raise FrameError(f"DATA frame of {len(body)} bytes, expected at least {DATA_HDR.size}")
-        _, mask, n, seq, t0, rate, dropped = DATA_HDR.unpack_from(body)
+        _, mask, n, seq, t0, period_ns, dropped = DATA_HDR.unpack_from(body)
         nch = bin(mask).count("1")
         want = DATA_HDR.size + 2 * n * nch
-        if nch == 0 or n == 0 or rate == 0 or len(body) != want:
-            raise FrameError(f"DATA frame mask=0x{mask:02x} n={n} rate={rate}: {len(body)} bytes, expected {want}")
+        if nch == 0 or n == 0 or period_ns == 0 or len(body) != want:
+            raise FrameError(f"DATA frame mask=0x{mask:02x} n={n} period_ns={period_ns}: {len(body)} bytes, "
+                             f"expected {want}")
         samples = np.frombuffer(body, dtype="<i2", offset=DATA_HDR.size).reshape(n, nch)
-        return DataFrame(mask, n, seq, t0, rate, dropped, samples)
+        return DataFrame(mask, n, seq, t0, period_ns, dropped, samples)
     if t == T_IDENTIFY | REPLY:
         if len(body) < _IDENT.size:
             raise FrameError(f"IDENTIFY reply of {len(body)} bytes, expected at least {_IDENT.size}")
-        (_, tag, proto, v0, v1, v2, avail, mask, bits, tbits, cause, block, rate, rmin, rmax,
+        (_, tag, proto, v0, v1, v2, avail, mask, bits, tbits, cause, block, period_ns, rmin, rmax,
          uid_len) = _IDENT.unpack_from(body)
         uid = body[_IDENT.size:_IDENT.size + uid_len]
         if len(uid) != uid_len:
             raise FrameError("IDENTIFY reply shorter than its board id")
         name = body[_IDENT.size + uid_len:].decode("ascii", "replace")
-        return Identity(tag, proto, (v0, v1, v2), avail, mask, bits, tbits, cause, block, rate, rmin, rmax,
+        return Identity(tag, proto, (v0, v1, v2), avail, mask, bits, tbits, cause, block, period_ns, rmin, rmax,
                         uid.hex(), name)
     if t == T_ERROR:
         if len(body) < 4:

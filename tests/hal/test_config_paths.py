@@ -48,3 +48,20 @@ def test_emulate_does_not_need_the_real_ports():
                 "agent.toml", emulate=True)
     assert cfg.buses["rs485"]["backend"] == "emulated" and cfg.buses["rs485"]["timeout_s"] == 0.5
     assert "buses.rs485.port: missing" in problems({"buses": {"rs485": {"type": "modbus_rtu"}}})
+
+
+def test_an_adxl345_rate_the_i2c_bus_cannot_carry_is_refused_at_config_load() -> None:
+    """Before the agent starts: the rate is checked against the bus table's baudrate (default 100 kHz)."""
+    from agent.config import parse
+    from agent.errors import ConfigError
+
+    def cfg(bus: dict, **opts: object) -> dict:
+        return {"buses": {"i2c1": {"type": "i2c", **bus}},
+                "sensors": [{"name": "acc", "driver": "adxl345", "bus": "i2c1", **opts}]}
+    with pytest.raises(ConfigError) as err:
+        parse(cfg({}, rate_hz=800), "a.toml")
+    assert "a.toml: sensors[0].rate_hz: expected at most 200 Hz on I2C at 100000 Hz" in str(err.value)
+    with pytest.raises(ConfigError, match=r"sensors\[0\].rate_hz: expected at most 800 Hz"):
+        parse(cfg({"baudrate": 400_000}, rate_hz=1600), "a.toml")
+    assert parse(cfg({"baudrate": 400_000}, rate_hz=800), "a.toml").sensors[0].options["rate_hz"] == 800
+    assert parse(cfg({}, rate_hz=1600, exceed_bus_rate=True), "a.toml").sensors

@@ -23,8 +23,8 @@ EXAMPLE = bme280.Calibration(27504, 26435, -1000, 36477, -10685, 3024, 2855, 140
 def rig(make_context, clock):
     """An emulated i2c bus named i2c1 on a fake clock, and a helper to open drivers on it."""
     plant = Plant(seed=7)
-    ctx = make_context({"i2c1": {"type": "i2c", "backend": "emulated"}}, plant=plant)
-    bus = ctx.shared("i2c:i2c1", lambda: EmulatedI2CBus("i2c1", plant=plant, clock=clock))
+    ctx = make_context({"i2c1": {"type": "i2c", "backend": "emulated", "baudrate": 400_000}}, plant=plant)
+    bus = ctx.shared("i2c:i2c1", lambda: EmulatedI2CBus("i2c1", plant=plant, clock=clock, baudrate=400_000))
 
     class Rig:
         pass
@@ -44,7 +44,7 @@ def values(readings):
     return {r.channel.split(".", 1)[1]: r for r in readings}
 
 
-# -- the bus ------------------------------------------------------------------------------------------------------------
+# -- the bus -----------------------------------------------------------------------------------------------------------
 
 def test_absent_address_raises_eremoteio_like_the_kernel(rig):
     with pytest.raises(OSError) as e:
@@ -62,7 +62,7 @@ def test_typed_errors_name_bus_address_and_chip(rig):
         dev.read_u8(0xD0)
 
 
-# -- BME280 -------------------------------------------------------------------------------------------------------------
+# -- BME280 ------------------------------------------------------------------------------------------------------------
 
 def test_bme280_compensation_matches_the_datasheet_worked_example():
     t, t_fine = bme280.compensate_temperature(519888, EXAMPLE)
@@ -106,7 +106,8 @@ def test_bme280_reads_the_environment(rig):
     assert v["pressure"].value == pytest.approx(1013.25, abs=0.01) and v["pressure"].unit == "hPa"
     chip.environment = (-10.0, 90.0, 950.0)
     v = values(s.poll())
-    assert (v["temperature"].value, v["humidity"].value) == (pytest.approx(-10.0, abs=0.01), pytest.approx(90, abs=0.01))
+    assert (v["temperature"].value, v["humidity"].value) == (pytest.approx(-10.0, abs=0.01),
+                                                             pytest.approx(90, abs=0.01))
 
 
 def test_bme280_wrong_chip_id_names_expected_and_found(rig):
@@ -135,7 +136,7 @@ def test_bme280_absent_at_start_is_retried_not_fatal(rig):
     assert all(r.quality is Quality.GOOD for r in s.poll())
 
 
-# -- ADS1115 ------------------------------------------------------------------------------------------------------------
+# -- ADS1115 -----------------------------------------------------------------------------------------------------------
 
 def test_ads1115_codes_follow_the_full_scale_table():
     assert ads1115.code_to_volts(1, 6.144) == pytest.approx(187.5e-6)
@@ -156,6 +157,22 @@ def test_loop_current_levels_follow_namur_ne43():
     assert ads1115.loop_value(3.7, 0, 10)[1] is Quality.UNCERTAIN
     assert ads1115.loop_value(20.7, 0, 10)[1] is Quality.UNCERTAIN
     assert ads1115.loop_value(21.5, 0, 10)[1] is Quality.BAD
+    # NE 43: failure is <= 3.6 mA or >= 21 mA, the boundaries included
+    assert ads1115.loop_value(3.6, 0, 10)[1] is Quality.BAD and ads1115.loop_value(21.0, 0, 10)[1] is Quality.BAD
+    assert ads1115.loop_value(3.61, 0, 10)[1] is Quality.UNCERTAIN
+    assert ads1115.loop_value(20.99, 0, 10)[1] is Quality.UNCERTAIN
+
+
+def test_ct_clamp_rms_integrates_whole_cycles_on_the_timestamps():
+    """A 1 V-peak 50 Hz sine has an RMS of 1/sqrt(2) V. Read at an uneven ~700/s (not the 860/s a fixed spacing
+    would assume) for 0.23 s: the RMS over the 11 whole cycles it spans is exact, whatever the spacing."""
+    rng = np.random.default_rng(1)
+    t = np.cumsum(rng.uniform(0.8, 2.0, 161) / 1000.0)
+    v = 0.25 + np.sin(2 * np.pi * 50 * t + 0.4)  # with a DC offset, removed
+    rms, cycles = ads1115.ac_rms(t, v, 50.0)
+    assert cycles == int((t[-1] - t[0]) * 50) and rms == pytest.approx(1 / np.sqrt(2), rel=2e-3)
+    with pytest.raises(ValueError, match="at least one 50 Hz cycle"):
+        ads1115.ac_rms(t[:10], v[:10], 50.0)
 
 
 ADC_CHANNELS = [
@@ -193,7 +210,7 @@ def test_ads1115_channel_errors_name_the_nested_key(rig):
         rig.make("ads1115", "adc", {"channels": [{"name": "a"}, {"name": "b", "input": "AIN7"}]})
 
 
-# -- INA219 -------------------------------------------------------------------------------------------------------------
+# -- INA219 ------------------------------------------------------------------------------------------------------------
 
 def test_ina219_calibration_follows_the_datasheet_equations():
     assert ina219.calibration(2.0, 0.1, 0.0001) == (4096, 0.0001, pytest.approx(0.002))  # 32 V, 2 A, 0.1 ohm
@@ -216,10 +233,27 @@ def test_ina219_reads_the_rail(rig):
     assert values(s.poll())["current"].value == pytest.approx(1.5, abs=0.0001)
 
 
+def test_ina219_refuses_a_calibration_that_does_not_fit_the_register():
+    """0.1 ohm with a 1 uA LSB: Cal = 0.04096 / (1e-6 x 0.1) = 409600, beyond 16 bits; masking it would have written
+    409600 & 0xFFFE = 16384 and read every current 25x low."""
+    from hal.sources import validate_driver_options
+    with pytest.raises(ValueError, match=r"from 6.2502e-06 to 0.2048 A.*409600"):
+        ina219.calibration(0.01, 0.1, 1e-6)
+    _, errors = validate_driver_options("ina219", {"shunt_ohm": 0.1, "max_current_a": 0.01, "current_lsb_a": 1e-6})
+    assert errors[0][0] == "current_lsb_a" and "0.2048 A" in errors[0][1] and "6.2502e-06" in errors[0][1]
+    lo, hi = ina219.calibration_limits(0.1)
+    assert ina219.calibration(0.2, 0.1, lo)[0] == 65534  # the largest Cal the register holds (bit 0 void)
+    assert ina219.calibration(0.0001, 0.1, hi)[0] == 2
+    with pytest.raises(ValueError, match="65536 does not fit"):
+        ina219.calibration(0.2, 0.1, 6.25e-6)  # exactly 2^16
+    with pytest.raises(ValueError, match="overflow the current register"):
+        ina219.calibration(0.4, 0.1, 0.00001)  # 32767 x 10 uA = 0.33 A < 0.4 A
+
+
 def test_ina219_math_overflow_is_bad(rig):
     chip = rig.bus.place(0x40, "ina219")
-    chip.rail = (12.0, 0.39)
-    s = rig.make("ina219", "rail", {"shunt_ohm": 0.1, "max_current_a": 0.4, "current_lsb_a": 0.00001})
+    chip.rail = (12.0, 0.39)  # beyond max_current_a: 39000 counts of 10 uA overflow the current register
+    s = rig.make("ina219", "rail", {"shunt_ohm": 0.1, "max_current_a": 0.2, "current_lsb_a": 0.00001})
     v = values(s.poll())
     assert v["current"].quality is Quality.BAD and "overflow" in v["current"].error
     assert v["bus_voltage"].quality is Quality.GOOD
@@ -233,7 +267,7 @@ def test_ina219_rejects_a_current_beyond_the_shunt_range():
     assert errors[0][0] == "address" and "0x40" in errors[0][1]
 
 
-# -- ADXL345 ------------------------------------------------------------------------------------------------------------
+# -- ADXL345 -----------------------------------------------------------------------------------------------------------
 
 def test_adxl345_scale_is_3_9_mg_per_lsb():
     assert adxl345.raw_to_ms2(np.array([256]))[0] == pytest.approx(256 * 0.0039 * 9.80665)
@@ -241,18 +275,18 @@ def test_adxl345_scale_is_3_9_mg_per_lsb():
 
 
 def test_adxl345_streams_blocks_of_plant_vibration_read_in_bursts(rig):
-    s = rig.make("adxl345", "spindle", {"rate_hz": 3200, "block_size": 1024, "watermark": 16})
+    s = rig.make("adxl345", "spindle", {"rate_hz": 800, "block_size": 1024, "watermark": 16})
     t0 = rig.bus.transactions
     blocks = [s.read_block(2.0) for _ in range(3)]
     assert all(b is not None and b.samples.shape == (1024, 3) and b.gap == 0 for b in blocks)
     b = blocks[0]
-    assert b.axes == ("x", "y", "z") and b.unit == "m/s2" and b.rate_hz == 3200
+    assert b.axes == ("x", "y", "z") and b.unit == "m/s2" and b.rate_hz == 800
     assert b.samples[:, 2].mean() == pytest.approx(9.81, abs=0.3)  # gravity on z
     spectrum = np.abs(np.fft.rfft(b.samples[:, 0] - b.samples[:, 0].mean()))
-    peak_hz = np.argmax(spectrum) * 3200 / 1024
-    assert peak_hz == pytest.approx(rig.plant.shaft_hz, abs=3200 / 1024)
+    peak_hz = np.argmax(spectrum) * 800 / 1024
+    assert peak_hz == pytest.approx(rig.plant.shaft_hz, abs=800 / 1024)
     # contiguous blocks: t0 advances by exactly block_size / rate
-    assert blocks[1].t0_ns - blocks[0].t0_ns == pytest.approx(1024 / 3200 * 1e9, abs=1)
+    assert blocks[1].t0_ns - blocks[0].t0_ns == pytest.approx(1024 / 800 * 1e9, abs=1)
     # bursts: one transaction per sample, one INT_SOURCE check per wake-up and one FIFO_STATUS per drain
     used = rig.bus.transactions - t0
     assert used == s.counters["samples"] + s.counters["checks"] + s.counters["drains"]
@@ -260,19 +294,96 @@ def test_adxl345_streams_blocks_of_plant_vibration_read_in_bursts(rig):
     assert s.counters["checks"] < s.counters["samples"] / 4
 
 
-def test_adxl345_overrun_is_reported_as_a_gap(rig):
-    s = rig.make("adxl345", "spindle", {"rate_hz": 3200, "block_size": 256})
+def test_adxl345_a_stall_loses_samples_counted_against_elapsed_time(rig):
+    s = rig.make("adxl345", "spindle", {"rate_hz": 800, "block_size": 256})
+    chip = rig.bus.chips[0x53]
     assert s.read_block(1.0).gap == 0
-    rig.clock.advance(1.0)  # the reader stalls for a second: the 32-entry FIFO overflows
+    rig.clock.advance(1.0)  # the reader stalls for a second: 800 samples arrive, the 32-entry FIFO keeps 32
     blocks = []
     while sum(b.gap for b in blocks) == 0:
         blocks.append(s.read_block(1.0))
     assert s.counters["overruns"] == 1
-    assert blocks[-1].gap == pytest.approx(3200 - 32, abs=1)
+    assert chip.discarded == pytest.approx(800 - 32, abs=2)  # what the emulated chip really dropped
+    assert blocks[-1].gap == pytest.approx(chip.discarded, abs=1) and s.counters["lost_samples"] == blocks[-1].gap
     # the block before the gap was cut short rather than stitched across it
     assert all(len(b) <= 256 for b in blocks)
     nxt = s.read_block(1.0)
     assert nxt.gap == 0 and len(nxt) == 256
+
+
+def test_adxl345_a_drain_at_exactly_32_entries_is_not_a_gap(rig):
+    """Data sheet, "Overrun": in stream mode the bit is set when the FIFO is filled - full, nothing lost yet."""
+    s = rig.make("adxl345", "spindle", {"rate_hz": 800, "block_size": 64, "watermark": 16})
+    chip = rig.bus.chips[0x53]
+    rig.clock.advance(31 / 800)  # samples 0..31 (the first at the start of measurement): exactly 32 entries
+    assert rig.bus.read_byte_data(0x53, 0x39) == 32 and chip.discarded == 0
+    assert rig.bus.read_byte_data(0x53, 0x30) & 0x01  # Overrun: the FIFO is full
+    assert s.drain() == 32
+    assert s.counters["full"] == 1 and s.counters["overruns"] == 0 and s.counters["lost_samples"] == 0
+    rig.clock.advance(32 / 800)  # and again: a reader that keeps landing on 32 entries never loses anything
+    assert s.drain() == 32 and s.counters["full"] == 2 and s.counters["lost_samples"] == 0
+    blocks = [s.read_block(1.0) for _ in range(2)]
+    assert [b.gap for b in blocks] == [0, 0] and blocks[1].t0_ns - blocks[0].t0_ns == pytest.approx(64 / 800 * 1e9)
+    assert chip.discarded == 0
+
+
+def test_adxl345_emulated_fifo_follows_the_datasheet():
+    """Stream mode keeps the newest 32; Overrun = FIFO full (cleared by reading FIFO data); bypass mode: Overrun
+    when new data replaces unread data. Reset values from table 19."""
+    from tests.hal.conftest import FakeClock
+    clock = FakeClock()
+    bus = EmulatedI2CBus("i2c", clock=clock)
+    chip = bus.place(0x53, "adxl345")
+    assert [bus.read_byte_data(0x53, r) for r in (0x00, 0x2C, 0x2D, 0x30, 0x31, 0x38, 0x39)] == [
+        0xE5, 0x0A, 0x00, 0x00, 0x00, 0x00, 0x00]  # INT_SOURCE resets to 0x02 but Watermark is live: bypass
+    bus.write_byte_data(0x53, 0x2C, 0x0A)  # 100 Hz
+    bus.write_byte_data(0x53, 0x38, 0x80 | 20)  # stream, watermark 20
+    bus.write_byte_data(0x53, 0x2D, 0x08)  # measure
+    clock.advance(0.305)  # samples 0..30: 31 entries
+    assert bus.read_byte_data(0x53, 0x39) == 31 and bus.read_byte_data(0x53, 0x30) & 0x03 == 0x02  # watermark
+    clock.advance(0.01)  # the 32nd: full
+    assert bus.read_byte_data(0x53, 0x39) == 32 and bus.read_byte_data(0x53, 0x30) & 0x01 and chip.discarded == 0
+    clock.advance(0.03)  # three more: the oldest three are replaced
+    assert bus.read_byte_data(0x53, 0x39) == 32 and chip.discarded == 3
+    bus.read_i2c_block_data(0x53, 0x32, 6)  # pops one entry: Overrun cleared
+    assert bus.read_byte_data(0x53, 0x39) == 31 and not bus.read_byte_data(0x53, 0x30) & 0x01
+    bus.write_byte_data(0x53, 0x38, 0x00)  # bypass: FIFO cleared
+    assert bus.read_byte_data(0x53, 0x39) == 0
+    clock.advance(0.02)  # two new samples, none read: the first was replaced unread
+    assert bus.read_byte_data(0x53, 0x30) & 0x81 == 0x81
+    bus.read_i2c_block_data(0x53, 0x32, 6)
+    assert not bus.read_byte_data(0x53, 0x30) & 0x01
+
+
+def test_adxl345_bus_time_and_rate_limits_are_the_datasheets():
+    from hal.chips import adxl345 as chip
+    from hal.chips import i2c_read_s
+    assert chip.sample_bits() == 84  # START, addr+W, reg, Sr, addr+R, 6 data bytes (9 clocks each), STOP
+    assert i2c_read_s(6, 400_000) == pytest.approx(210e-6) and i2c_read_s(6, 100_000) == pytest.approx(840e-6)
+    # 800 Hz needs >= 400 kHz, the rest scale proportionally (200 Hz at 100 kHz); 1600/3200 Hz only on SPI
+    assert chip.max_i2c_rate_hz(400_000) == 800 and chip.max_i2c_rate_hz(100_000) == 200
+    assert chip.max_i2c_rate_hz(1_000_000) == 800  # the ADXL345's I2C is Fast-mode at most
+    assert {r: c for r, c in chip.RATE_CODES.items() if r >= 100} == {3200: 0x0F, 1600: 0x0E, 800: 0x0D, 400: 0x0C,
+                                                                     200: 0x0B, 100: 0x0A}  # table 7
+    assert chip.CHIP.reset_values()[0x00] == 0xE5 and chip.CHIP.reset_values()[0x2C] == 0x0A  # table 19
+    assert chip.CHIP.reset_values()[0x30] == 0x02
+
+
+def test_adxl345_refuses_rates_the_i2c_bus_cannot_carry(make_context, caplog):
+    from hal.errors import ConfigurationError
+    slow = make_context({"i2c1": {"type": "i2c", "backend": "emulated"}})  # 100 kHz: the Pi's default
+    with pytest.raises(ConfigurationError, match=r"spindle.rate_hz: expected at most 200 Hz on I2C at 100000 Hz.*"
+                                                 r"i2c_arm_baudrate=400000.*sensor node"):
+        open_source("adxl345", "spindle", {"rate_hz": 800}, slow, bus="i2c1")
+    assert open_source("adxl345", "ok", {"rate_hz": 200}, slow, bus="i2c1").rate_hz == 200
+    fast = make_context({"i2c1": {"type": "i2c", "backend": "emulated", "baudrate": 400_000}})
+    assert open_source("adxl345", "spindle", {"rate_hz": 800}, fast, bus="i2c1").rate_hz == 800
+    with pytest.raises(ConfigurationError, match="expected at most 800 Hz.*SPI"):
+        open_source("adxl345", "spindle2", {"rate_hz": 1600, "address": 0x1D}, fast, bus="i2c1")
+    with caplog.at_level("WARNING", logger="hal.adxl345"):
+        s = open_source("adxl345", "spindle3", {"rate_hz": 3200, "exceed_bus_rate": True, "address": 0x1D}, fast,
+                        bus="i2c1")
+    assert s.rate_hz == 3200 and "exceed_bus_rate" in caplog.text
 
 
 def test_adxl345_waits_for_the_watermark(rig):
@@ -315,3 +426,27 @@ def test_real_backend_without_the_adapter_reads_bad_not_crash(make_context):
     assert len(readings) == 3 and all(r.quality is Quality.BAD for r in readings)
     assert "I2C bus i2c9 (/dev/i2c-254) address 0x76 (bme280)" in readings[0].error
     assert s.counters["bus_errors"] == 2
+
+
+def test_bus_time_and_conversion_limits_of_every_chip_match_the_docs_table():
+    """docs/hal.md "Rates each I2C driver can carry": clocks per reading (I2C spec: 9 per byte + START/STOP) and the
+    data sheets' conversion limits."""
+    from hal.chips import ads1115 as ads, bme280 as bme, i2c_read_bits, i2c_write_bits, ina219 as ina
+    assert (i2c_read_bits(1), i2c_write_bits(1)) == (39, 29)
+    assert bme.poll_bits() == 170 and ina.poll_bits() == 240
+    assert ads.single_shot_bits() == 134 and ads.continuous_read_bits() == 48
+    assert bme.measurement_time_max_ms(1, 1, 1) == pytest.approx(9.3)  # BME280 9.1: weather monitoring, max
+    assert bme.measurement_time_max_ms(16, 16, 16) == pytest.approx(112.8)
+    assert ina.CONVERSION_S[1] == 532e-6 and ina.CONVERSION_S[128] == 68.10e-3  # INA219 table 5
+    assert ads.conversion_s(860) == pytest.approx(1 / 860)
+    # reset values the data sheets print
+    assert ina.CHIP.reset_values() == {0x00: 0x399F, 0x03: 0, 0x04: 0, 0x05: 0}
+    assert ads.CHIP.reset_values() == {0: 0x0000, 1: 0x8583, 2: 0x8000, 3: 0x7FFF}
+    assert bme.CHIP.reset_values()[0xD0] == 0x60 and bme.SKIPPED_DATA == bytes.fromhex("8000008000008000")
+
+
+def test_fields_refuse_values_that_do_not_fit():
+    from hal.chips import ina219 as ina
+    assert ina.PG.put(0x399F, 0b01) == 0x299F and ina.PG.get(0x399F) == 0b11
+    with pytest.raises(ValueError, match=r"config\[12:11\]: expected 0...3, got 4"):
+        ina.PG.put(0, 4)

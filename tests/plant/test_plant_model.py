@@ -117,3 +117,25 @@ def test_a_scaled_clock_runs_plant_time_faster() -> None:
     before = p.now()
     clock.sleep(1.0)
     assert p.now() - before >= 1.0
+
+
+def _velocity_rms_mm_s(a: np.ndarray, rate: float) -> float:
+    """ISO 10816 velocity RMS, 10-1000 Hz, by integrating the spectrum (a / (j 2 pi f)); independent of agent/."""
+    spec = np.fft.rfft(a - a.mean())
+    f = np.fft.rfftfreq(len(a), 1 / rate)
+    band = (f >= 10) & (f <= 1000)
+    v = np.zeros_like(spec)
+    v[band] = spec[band] / (2j * np.pi * f[band])
+    return float(np.sqrt(np.mean(np.fft.irfft(v, len(a)) ** 2))) * 1000.0
+
+
+def test_the_default_plant_is_a_healthy_machine_and_a_fault_raises_it() -> None:
+    """No [plant] section (a user's own scenario, --scenario none): ISO 10816-3 group 2 rigid, zone A/B (< 2.8 mm/s);
+    the grown bearing fault takes it beyond zone B."""
+    p = Plant(seed=5)
+    t = 30 + np.arange(3200 * 4) / 3200
+    healthy = max(_velocity_rms_mm_s(p.vibration(t, axis), 3200) for axis in range(3))
+    assert 0.5 < healthy < 2.8, healthy
+    p.bearing_fault(start_s=0.0, grow_s=10.0, severity=1.0)
+    worn = max(_velocity_rms_mm_s(p.vibration(t, axis), 3200) for axis in range(3))
+    assert worn > 2.8 and worn > 2 * healthy, (healthy, worn)

@@ -26,6 +26,9 @@ from hal.types import Block, Quality
 pytestmark = pytest.mark.timeout(90)
 
 BOARD = "e6614c311b2a3c2d"
+# the rp2 timer runs whole microseconds (1_000_000 // rate): what the node really samples at, and reports
+REAL_3200 = 1e9 / 312_000  # 3205.128 Hz
+REAL_6400 = 1e9 / 156_000  # 6410.256 Hz
 
 
 def expected_rms(p: Plant) -> float:
@@ -87,11 +90,12 @@ def features(blocks: list[Block], size: int = 1024) -> list[tuple[float, ...]]:
 def test_streams_the_plant_in_engineering_units_into_features(driver: SensorNode, plant: Plant) -> None:
     blocks = read(driver, 16)
     assert driver.identity is not None and driver.identity.board_id == BOARD
-    assert all(b.rate_hz == 3200 and b.samples.shape == (256, 3) and b.axes == ("x", "y", "z") for b in blocks)
+    assert all(b.rate_hz == REAL_3200 and b.samples.shape == (256, 3) and b.axes == ("x", "y", "z") for b in blocks)
+    assert driver.rate_hz == REAL_3200 and driver.identity.proto == 2
     assert all(b.unit == "m/s2" and b.quality is Quality.GOOD for b in blocks)
     assert [b.gap for b in blocks] == [0] * 16
     steps = np.diff([b.t0_ns for b in blocks])
-    assert np.all(np.abs(steps - 80_000_000) < 1_000)  # 256 samples at 3200 Hz, from the node's clock
+    assert np.all(np.abs(steps - 256 * 312_000) < 1_000)  # 256 samples 312 us apart (not 80 ms: 3200 Hz nominal)
     rms = features(blocks)
     assert len(rms) == 4
     for row in rms:
@@ -119,15 +123,15 @@ def test_line_noise_costs_only_the_hit_frames_and_shows_as_a_gap(driver: SensorN
 def test_rate_change_while_streaming(driver: SensorNode, plant: Plant) -> None:
     read(driver, 2)
     driver.set_rate(6400)
-    assert driver.rate_hz == 6400
+    assert driver.rate_hz == REAL_6400
     blocks = read(driver, 24)
-    new = [b for b in blocks if b.rate_hz == 6400]
-    assert len(new) >= 12 and blocks[-1].rate_hz == 6400
-    assert all(b.rate_hz in (3200, 6400) for b in blocks)
+    new = [b for b in blocks if b.rate_hz == REAL_6400]
+    assert len(new) >= 12 and blocks[-1].rate_hz == REAL_6400
+    assert all(b.rate_hz in (REAL_3200, REAL_6400) for b in blocks)
     first = blocks.index(new[0])
-    assert all(b.rate_hz == 6400 for b in blocks[first:])  # no old-rate block after the change
+    assert all(b.rate_hz == REAL_6400 for b in blocks[first:])  # no old-rate block after the change
     steps = np.diff([b.t0_ns for b in new])
-    assert np.all(np.abs(steps - 40_000_000) < 1_000)
+    assert np.all(np.abs(steps - 256 * 156_000) < 1_000)
     rms = features(new)
     assert rms and all(r == pytest.approx(expected_rms(plant), rel=0.08) for row in rms for r in row)
     with pytest.raises(ValueError):
@@ -192,8 +196,8 @@ def test_gap_accounting_from_sequence_dropped_and_device_time(tmp_path: Path, pl
     drv = make_driver(tmp_path, plant)  # not opened: its frame -> Block conversion only
     drv._streaming = True
 
-    def frame(seq: int, t0: int, dropped: int = 0, n: int = 4, rate: int = 1000) -> P.DataFrame:
-        return P.DataFrame(1, n, seq, t0 % (1 << 30), rate, dropped, np.zeros((n, 1), dtype=np.int16))
+    def frame(seq: int, t0: int, dropped: int = 0, n: int = 4, period_ns: int = 1_000_000) -> P.DataFrame:
+        return P.DataFrame(1, n, seq, t0 % (1 << 30), period_ns, dropped, np.zeros((n, 1), dtype=np.int16))
 
     t = (1 << 30) - 6000  # device clock about to wrap
     b0 = drv._to_block(frame(0, t), 10**18)
@@ -210,7 +214,7 @@ def test_gap_accounting_from_sequence_dropped_and_device_time(tmp_path: Path, pl
 
 def test_clipped_samples_are_uncertain(tmp_path: Path, plant: Plant) -> None:
     drv = make_driver(tmp_path, plant)
-    f = P.DataFrame(1, 2, 0, 0, 1000, 0, np.array([[0], [32767]], dtype=np.int16))
+    f = P.DataFrame(1, 2, 0, 0, 1_000_000, 0, np.array([[0], [32767]], dtype=np.int16))
     assert drv._to_block(f, 10**18).quality is Quality.UNCERTAIN
 
 
@@ -274,7 +278,7 @@ def test_a_node_left_streaming_by_a_killed_agent_is_taken_over(emu: EmulatedNode
     second.open()
     try:
         blocks = read(second, 6)
-        assert all(b.rate_hz == 6400 and len(b) == 128 for b in blocks)  # nothing from the old stream
+        assert all(b.rate_hz == REAL_6400 and len(b) == 128 for b in blocks)  # nothing from the old stream
         assert [b.gap for b in blocks] == [0] * 6
     finally:
         second.close()
@@ -289,5 +293,5 @@ def test_cli_lists_and_reads_nodes(emu: EmulatedNode, tmp_path: Path, capsys: py
     assert main(["sensornode", "read", "--port", str(tmp_path / "ttyNODE*"), "--board-id", BOARD,
                  "--channels", "0,2", "--blocks", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.count("256 samples @ 3200 Hz gap 0 good  rms ch0=") == 2 and "ch2=" in out
+    assert out.count("256 samples @ 3205.13 Hz gap 0 good  rms ch0=") == 2  # 3200 Hz asked, 312 us and "ch2=" in out
     assert main(["sensornode", "list", "--port", str(tmp_path / "none*")]) == 1

@@ -61,15 +61,18 @@ def test_commands_match_the_vectors() -> None:
 def test_decoded_vector_fields() -> None:
     ident = P.parse_body(VECTORS["identify-reply"][0])
     assert isinstance(ident, P.Identity)
-    assert (ident.board_id, ident.version, ident.available_channels, ident.rate_hz, ident.max_rate_hz,
-            ident.ticks_bits, ident.name) == ("e6614c311b2a3c2d", (1, 0, 0), (0, 1, 2), 3200, 25600, 30,
-                                              "edge-agent sensornode")
+    assert (ident.board_id, ident.proto, ident.version, ident.available_channels, ident.period_ns,
+            ident.max_rate_hz, ident.ticks_bits, ident.name) == ("e6614c311b2a3c2d", 2, (1, 1, 0), (0, 1, 2), 312_000,
+                                                                 25600, 30, "edge-agent sensornode")
+    # the rp2 timer runs whole microseconds: 3200 Hz requested is 312 us, really 3205.128 Hz
+    assert ident.rate_hz == pytest.approx(3205.128, abs=1e-3)
     d = P.parse_body(VECTORS["data-2ch-dropped"][0])
-    assert (d.channels, d.n, d.seq, d.t0_us, d.rate_hz, d.dropped) == ((0, 2), 2, 8, (1 << 30) - 24, 25600, 3)
+    assert (d.channels, d.n, d.seq, d.t0_us, d.period_ns, d.dropped) == ((0, 2), 2, 8, (1 << 30) - 24, 39_000, 3)
+    assert d.rate_hz == pytest.approx(25641.03, abs=0.01)  # 25600 Hz requested: 39 us
     assert d.samples.tolist() == [[-32768, 32767], [0, 16]]
     assert P.parse_body(VECTORS["data-1ch"][0]).samples[:, 0].tolist() == [0, 1, -1, 256]
     start = P.parse_body(VECTORS["start-reply"][0])
-    assert start.fields == {"mask": 7, "n": 256, "rate_hz": 6400, "slots": 21, "seq": 0}
+    assert start.fields == {"mask": 7, "n": 256, "period_ns": 156_000, "slots": 21, "seq": 0}  # 6400 Hz asked
     err = P.parse_body(VECTORS["error-reply"][0])
     assert (err.tag, err.request_type, err.code, err.message) == (6, 0x55, P.E_UNKNOWN, "unknown command")
 
@@ -77,7 +80,7 @@ def test_decoded_vector_fields() -> None:
 @pytest.mark.parametrize("body,why", [
     (struct.pack("<BBHIIII", 1, 1, 4, 0, 0, 3200, 0) + b"\x00" * 6, "payload one sample short"),
     (struct.pack("<BBHIIII", 1, 0, 0, 0, 0, 3200, 0), "no channels"),
-    (struct.pack("<BBHIIII", 1, 1, 1, 0, 0, 0, 0) + b"\x00\x00", "rate 0"),
+    (struct.pack("<BBHIIII", 1, 1, 1, 0, 0, 0, 0) + b"\x00\x00", "period 0"),
     (b"\x01\x01", "truncated header"),
     (b"\x93\x04\x00", "reply too short"),
     (b"\x42\x00\x00", "unknown type"),

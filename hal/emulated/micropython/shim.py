@@ -237,10 +237,11 @@ class Timer:
     def init(self, *, mode: int = PERIODIC, freq: float = -1, period: int = -1, tick_hz: int = 1000,
              callback: Callable[[Any], None] | None = None, hard: bool = False) -> None:
         self.deinit()
+        # as ports/rp2/machine_timer.c: a whole number of microseconds, truncated (freq=3200 runs every 312 us)
         if freq > 0:
-            period_us = 1e6 / freq
+            period_us = max(1, int(1e6 / freq))
         elif period > 0:
-            period_us = period * 1e6 / tick_hz
+            period_us = max(1, period * 1_000_000 // tick_hz)
         else:
             raise ValueError("expected freq or period")
         self._stop = threading.Event()

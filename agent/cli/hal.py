@@ -10,32 +10,33 @@ import sys
 import time
 from typing import Any
 
+from agent.cli.common import load_config
+
 DEFAULT_EMULATED_CHIPS = {0x40: "ina219", 0x48: "ads1115", 0x53: "adxl345", 0x76: "bme280"}
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from agent.cli_core import load_config
     return load_config(getattr(args, "config", None), bool(getattr(args, "emulate", False)), quiet=True)
 
 
-# -- scan i2c -----------------------------------------------------------------------------------------------------------
+# -- scan i2c ----------------------------------------------------------------------------------------------------------
 
 def identify(bus: Any, address: int) -> str:
-    """Name a chip by its ID register (or, for chips without one, by its power-on configuration)."""
+    """Name a chip by its ID register (or, for chips without one, by its power-on configuration), from the chip
+    declarations in `hal.chips` (the same ones the drivers and the emulated chips use)."""
+    from hal.chips import chips
     from hal.i2c import I2CDevice
 
     dev = I2CDevice(bus, address)
-    try:
-        if address in (0x76, 0x77):
-            return {0x60: "BME280", 0x58: "BMP280", 0x61: "BME680"}.get(dev.read_u8(0xD0), "")
-        if address in (0x53, 0x1D):
-            return "ADXL345" if dev.read_u8(0x00) == 0xE5 else ""
-        if 0x48 <= address <= 0x4B and dev.read_u16_be(0x01) == 0x8583:
-            return "ADS1115? (power-on config, no ID register)"
-        if 0x40 <= address <= 0x4F and dev.read_u16_be(0x00) == 0x399F:
-            return "INA219? (power-on config, no ID register)"
-    except OSError:
-        return ""
+    for chip in chips().values():
+        if address not in chip.addresses:
+            continue
+        try:
+            label = chip.identify(lambda r: dev.read_u16_be(r.address) if r.width == 16 else dev.read_u8(r.address))
+        except OSError:
+            return ""
+        if label:
+            return label
     return ""
 
 
@@ -103,7 +104,7 @@ def cmd_scan_i2c(args: argparse.Namespace) -> int:
             bus.close()
 
 
-# -- scan modbus --------------------------------------------------------------------------------------------------------
+# -- scan modbus -------------------------------------------------------------------------------------------------------
 
 def _parse_ids(text: str) -> list[int]:
     ids: list[int] = []
@@ -184,7 +185,7 @@ def _emulated_modbus(ctx: Any, args: argparse.Namespace, bus_type: str) -> Any:
     return emulator
 
 
-# -- read ---------------------------------------------------------------------------------------------------------------
+# -- read --------------------------------------------------------------------------------------------------------------
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -246,7 +247,7 @@ def cmd_read(args: argparse.Namespace) -> int:
         ctx.close()
 
 
-# -- registration -------------------------------------------------------------------------------------------------------
+# -- registration ------------------------------------------------------------------------------------------------------
 
 def register(subparsers: Any) -> None:
     scan = subparsers.add_parser("scan", help="find devices on an I2C bus or a Modbus line")
