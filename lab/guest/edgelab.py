@@ -158,7 +158,7 @@ def cmd_i2c() -> None:
         os.chmod(conf, 0o644)
         code = f"""
 import json
-from agent.cli_core import load_config
+from agent.cli.common import load_config
 from hal.sources import HalContext, open_source
 cfg = load_config({conf!r}, False, quiet=True)
 out = {{}}
