@@ -56,7 +56,8 @@ def main(recv_path: str, boots_path: str, final_path: str) -> int:
                 problems.append(f"boot {name}: the broker has {s} seq {hi} but the outbox after the cut has next_seq "
                                 f"{nxt}: that seq was published before it was durably committed")
     final = json.load(open(final_path))
-    if final.get("stop_rc") != 0 or final.get("main_status", [None])[0] != "0":
+    status = final.get("main_status") or []  # ExecMainStatus and Result, in systemctl's order
+    if final.get("stop_rc") != 0 or "0" not in status or "success" not in status:
         problems.append(f"final clean stop: systemctl stop rc {final.get('stop_rc')}, {final.get('main_status')}")
     if final.get("export_rc") != 0:
         problems.append(f"final export failed: {final.get('export_err')}")
