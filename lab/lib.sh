@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers of the field lab (sourced by lab/field.sh): messages, loud skips, waits on observable events,
 # cleanup registry, cached debootstrap roots, the host's pip configuration. Owns nothing outside $CACHE and the
 # mounts, processes and binfmt entries it registers for cleanup.

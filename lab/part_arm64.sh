@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Part "arm64": a Raspberry Pi OS-like arm64 userland (debootstrap --arch=arm64) run on this x86_64 machine through
 # qemu-user-static and binfmt_misc: install from a fresh clone, `edge-agent warmup`, an emulated run publishing to a
 # broker inside the root, and a representative subset of the tests. systemd-nspawn (not booted) gives the root its

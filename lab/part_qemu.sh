@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Parts "i2c", "powercut" and "soak": a Debian 12 disk image booted by qemu-system-x86_64 under TCG with Debian's own
 # kernel (linux-image-amd64): real i2c-stub and i2c-dev modules, a real ext4 on a virtio disk, cgroup v2, and a qemu
 # that can be killed (a power cut). The guest reports on its serial console (lab/guest/edgelab.py). The broker runs

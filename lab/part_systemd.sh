@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Part "systemd": a Debian 12 root booted with systemd-nspawn -b (systemd as PID 1), the project installed from a
 # fresh clone with systemd/install.sh, then the unit exercised for real. Sourced by lab/field.sh.
 
