@@ -106,7 +106,7 @@ class MqttConfig:
     format: str = "json"
     group: str = "none"  # "sensor": one message per sensor poll (README, "Wire format")
     compress: str = "none"  # "deflate": zlib bodies of at least compress_min_bytes
-    compress_min_bytes: int = 256
+    compress_min_bytes: int = 128
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ _MQTT_OPTIONS = [
     Option("group", str, "none", "\"sensor\": the readings of one sensor poll in one message",
            choices=("none", "sensor")),
     Option("compress", str, "none", "\"deflate\": send data bodies as zlib streams", choices=("none", "deflate")),
-    Option("compress_min_bytes", int, 256, "compress bodies of at least this many bytes", in_range(1, 1 << 24)),
+    Option("compress_min_bytes", int, 128, "compress bodies of at least this many bytes", in_range(1, 1 << 24)),
 ]
 _SPARKPLUG_ID = (lambda v: None if v and not set(v) & set("/+#") else
                  "expected an id without '/', '+' or '#'")

@@ -151,7 +151,11 @@ def parse_message(topic: str, payload: bytes, prefix: str) -> tuple[str, str, st
     elif kind not in TABLES:
         raise BadMessage(f"topic {topic}: expected a kind out of {', '.join(KINDS)}, found {kind!r}")
     try:
-        body = json.loads(inflate(payload, f"topic {topic}"))
+        payload = inflate(payload, f"topic {topic}")
+    except ValueError as e:
+        raise BadMessage(str(e)) from None
+    try:
+        body = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadMessage(f"topic {topic}: the body is not JSON ({e})") from None
     items = body if isinstance(body, list) else [body]
@@ -209,7 +213,7 @@ def parse_message(topic: str, payload: bytes, prefix: str) -> tuple[str, str, st
                     check_gap_event(rest, where)
             else:
                 extra = (_dumps(rest),)
-        rows.append((agent, stream, seq, ts, quality, historical, *extra))
+        rows.append((agent, item["stream"] if grouped else stream, seq, ts, quality, historical, *extra))
     return agent, kind, stream, rows
 
 
