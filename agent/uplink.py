@@ -100,8 +100,7 @@ class Uplink:
         self._down_reported = False
         self._last_error = ""
         self.group = self.mqtt.group == "sensor"
-        self._sensors = sorted((s.name for s in config.sensors), key=len, reverse=True)
-        self._sensor_of: dict[str, str] = {}  # stream -> sensor ("" : not grouped), filled as streams appear
+        self._set_sensors(config)
         self._fetch_factor = 16 if self.group else 1  # a poll is ~one record per channel: fetch whole polls
 
     # -- paho ------------------------------------------------------------------------------------------------
@@ -229,6 +228,7 @@ class Uplink:
     def describe(self, config: Config, sources: dict[str, Any]) -> None:
         """The running configuration and its drivers (at start, after a reload), for a format that announces its
         metrics up front (Sparkplug's births). Safe from any thread."""
+        self._set_sensors(config)  # mqtt.group: a reload may add sensors
         describe = getattr(self.format, "describe", None)
         if describe is not None:
             describe(config, sources)
@@ -461,12 +461,19 @@ class Uplink:
             self._confirming[mid] = self._written
             self._written = []
 
+    def _set_sensors(self, config: Config) -> None:
+        """The sensors' names (the longest first: it wins) and a cache stream -> sensor ("": not grouped), swapped
+        in one assignment (describe() runs on the pipeline's thread)."""
+        self._grouping: tuple[list[str], dict[str, str]] = (
+            sorted((s.name for s in config.sensors), key=len, reverse=True), {})
+
     def _sensor(self, r: Record) -> str:
         """The sensor whose poll `r` belongs to when grouping, else ""."""
-        sensor = self._sensor_of.get(r.stream)
+        names, sensor_of = self._grouping
+        sensor = sensor_of.get(r.stream)
         if sensor is None:
-            sensor = next((s for s in self._sensors if r.stream.startswith(s + ".")), "")
-            self._sensor_of[r.stream] = sensor
+            sensor = next((s for s in names if r.stream.startswith(s + ".")), "")
+            sensor_of[r.stream] = sensor
         return sensor if sensor and groupable(r, sensor) else ""
 
     def _compressed(self, body: bytes) -> tuple[bytes, Any]:

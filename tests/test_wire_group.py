@@ -272,3 +272,20 @@ def test_unknown_group_and_compress_values_are_named() -> None:
     with pytest.raises(ConfigError) as e:
         parse(raw_config(1883, group="poll", compress="gzip"), "agent.toml", emulate=True)
     assert "mqtt.group" in str(e.value) and "mqtt.compress" in str(e.value)
+
+
+def test_a_sensor_added_by_a_reload_is_grouped(tmp_path: Path) -> None:
+    cfg = parse(raw_config(1883, group="sensor"), "<test>", emulate=True)
+    outbox = Outbox(tmp_path / "state", cfg.outbox)
+    uplink = Uplink(cfg, outbox)
+    new = raw_config(1883, group="sensor")
+    new["sensors"].append({"name": "pump", "driver": "emulated.temperature", "interval_s": 1.0})
+    records = [rec("pump.flow", 0, {"value": 1.0, "unit": "l/min"}), rec("plc.aux.flow", 0, {"value": 2, "unit": ""}),
+               rec("plc.reg_00", 0, {"value": 3, "unit": ""})]
+    assert [uplink._sensor(r) for r in records] == ["", "plc.aux", "plc"]
+    uplink.describe(parse(new, "<test>", emulate=True), {})  # what the pipeline calls after a reload
+    assert [uplink._sensor(r) for r in records] == ["pump", "plc.aux", "plc"]
+    groups, sensors = uplink._poll_groups(records + [rec("pump.flow", 1, {"value": 1.0, "unit": "l/min"})])
+    assert sensors == ["pump", "plc.aux", "plc", "pump"]  # the same stream twice at one time: two messages
+    assert [[r.stream for r in g] for g in groups] == [["pump.flow"], ["plc.aux.flow"], ["plc.reg_00"],
+                                                       ["pump.flow"]]
