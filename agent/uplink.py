@@ -551,10 +551,11 @@ class Uplink:
         return records[-1].id
 
     def _poll_groups(self, records: list[Record]) -> tuple[list[list[Record]], list[str]]:
-        """mqtt.group = "sensor": the readings of one sensor with one timestamp form a group (a stream at most once
-        in it); other records go alone, or `batch` of one stream together. Ordered by first record id, so each
-        stream's order is kept. Returns the groups and each one's sensor ("": not grouped)."""
-        open_: dict[tuple[str, int], list[Record]] = {}
+        """mqtt.group = "sensor": consecutive readings of one sensor with one timestamp form a group (a stream at
+        most once in it; a sensor's records interleave with other sensors' only); other records go alone, or
+        `batch` of one stream together. Groups are created in record order and sorted by their first record, so
+        each stream's records keep their order. Returns the groups and each one's sensor ("": not grouped)."""
+        open_: dict[str, tuple[int, list[Record]]] = {}  # sensor -> (timestamp, its latest group)
         by_stream: dict[str, list[Record]] = {}
         groups: list[tuple[list[Record], str]] = []
         for r in records:
@@ -566,9 +567,10 @@ class Uplink:
                     groups.append((rs, ""))
                     by_stream[r.stream] = []
                 continue
-            g = open_.get((sensor, r.ts_ns))
-            if g is None or any(x.stream == r.stream for x in g):
-                g = open_[(sensor, r.ts_ns)] = []
+            ts, g = open_.get(sensor, (None, []))
+            if ts != r.ts_ns or any(x.stream == r.stream for x in g):
+                g = []
+                open_[sensor] = (r.ts_ns, g)
                 groups.append((g, sensor))
             g.append(r)
         groups.extend((rs, "") for rs in by_stream.values() if rs)

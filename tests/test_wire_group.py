@@ -289,3 +289,17 @@ def test_a_sensor_added_by_a_reload_is_grouped(tmp_path: Path) -> None:
     assert sensors == ["pump", "plc.aux", "plc", "pump"]  # the same stream twice at one time: two messages
     assert [[r.stream for r in g] for g in groups] == [["pump.flow"], ["plc.aux.flow"], ["plc.reg_00"],
                                                        ["pump.flow"]]
+
+
+def test_a_late_reading_of_an_earlier_poll_does_not_overtake_its_stream(tmp_path: Path) -> None:
+    """A reading held back (a deadband's heartbeat) may be committed after the next poll: it gets a message of its
+    own rather than joining its poll's message, so each stream's records still go out in order."""
+    cfg = parse(raw_config(1883, group="sensor"), "<test>", emulate=True)
+    uplink = Uplink(cfg, Outbox(tmp_path / "state", cfg.outbox))
+    t1, t2 = T0, T0 + 10**9
+    rows = [("plc.a", 0, t1), ("plc.b", 0, t1), ("plc.a", 1, t2), ("plc.c", 0, t1), ("plc.c", 1, t2)]
+    records = [Record(i + 1, s, q, ts, "reading", Quality.GOOD, {"value": i, "unit": ""})
+               for i, (s, q, ts) in enumerate(rows)]
+    groups, _ = uplink._poll_groups(records)
+    assert [[(r.stream, r.seq) for r in g] for g in groups] == [
+        [("plc.a", 0), ("plc.b", 0)], [("plc.a", 1)], [("plc.c", 0)], [("plc.c", 1)]]
