@@ -1,7 +1,8 @@
 """The store: a durable SQLite outbox (WAL) — the only writer of the outbox database.
 
 Every record is committed here before anything is sent. One writer thread owns the write connection: it takes
-`Emit`s from a bounded queue, gives each a per-stream `seq` (persisted in the same transaction, so a restart
+`Emit`s from a bounded queue (`put`, or `put_many` for a producer's batch: a list under one lock, handed over a
+group commit at a time), gives each a per-stream `seq` (persisted in the same transaction, so a restart
 continues every sequence and never repeats one), and commits them in group commits (every `commit_interval_ms`
 or `commit_max_records`) so an SD card is not written per sample. Acknowledged records (PUBACK received by the
 uplink) are deleted by the same thread.
@@ -1038,7 +1039,7 @@ class Outbox:
         if lost:
             self._lost_restored_gen = 0
             self.stats.inc("outbox_gap_events_not_committed", len(lost))
-        gap_events = sum(1 for r in rows if r[0] == GAP_STREAM)
+        gap_events = sum(1 for r in rows if r[0] == GAP_STREAM) if GAP_STREAM in touched else 0
         if gap_events:
             self.stats.inc("outbox_gap_events", gap_events)
         self._next_seq = next_seq
