@@ -60,12 +60,15 @@ def gpio_bus(context: Any, bus: str | None, sensor: str = "gpio") -> Any:
     if bus is not None:
         from hal.buses import bus_config
         _, values, emulated = bus_config(context, bus, ("gpio",), sensor)
-    key = f"gpio:{bus or '(header)'}"
-    if emulated:
-        from hal.emulated.gpio import EmulatedGpioBus
-        plant = context.get_plant()
-        return context.shared(key, lambda: EmulatedGpioBus(bus or "gpio", plant))
-    return context.shared(key, lambda: RealGpioBus(bus or "gpio", values.get("pin_factory", "")))
+    from hal.backends import backend_name, implementation
+
+    factory = implementation("gpio", backend_name(emulated))  # the emulated bus is registered in hal.backends
+    return context.shared(f"gpio:{bus or '(header)'}", lambda: factory(context, bus or "gpio", "gpio", values))
+
+
+def real_gpio_bus(context: Any, name: str, bus_type: str, values: Mapping[str, Any]) -> RealGpioBus:
+    """The ("gpio", "real") backend of `hal.backends`."""
+    return RealGpioBus(name, values.get("pin_factory", ""))
 
 
 def _make(sensor: str, cls: Any, pin: Any, **kwargs: Any) -> Any:

@@ -61,7 +61,7 @@ class HalContext:
     plant: Any = None
     clock: Any = None  # hal.clock: the real clock, or a scaled one for faster-than-real-time emulation
     _opened: dict[str, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)  # re-entrant: a bus factory may open another
 
     def __post_init__(self) -> None:
         if self.clock is None:
@@ -71,8 +71,8 @@ class HalContext:
     def get_plant(self) -> Any:
         with self._lock:
             if self.plant is None:
-                from hal.emulated.plant import Plant
-                self.plant = Plant(clock=self.clock)
+                from hal.backends import implementation
+                self.plant = implementation("plant", "emulated")(clock=self.clock)
             return self.plant
 
     def lookup(self, key: str) -> Any:

@@ -153,4 +153,9 @@ class EmulatedGpioBus:
         self.factory.close()
 
 
-__all__ = ["EmulatedPin", "EmulatedPinFactory", "EmulatedGpioBus"]
+def emulated_gpio_bus(context: Any, name: str, bus_type: str, values: Any) -> EmulatedGpioBus:
+    """The ("gpio", "emulated") backend of `hal.backends`: mock pins stimulated from the context's plant."""
+    return EmulatedGpioBus(name, context.get_plant())
+
+
+__all__ = ["EmulatedPin", "EmulatedPinFactory", "EmulatedGpioBus", "emulated_gpio_bus"]

@@ -133,4 +133,9 @@ class EmulatedI2CBus:
         pass
 
 
-__all__ = ["EmulatedI2CBus"]
+def emulated_i2c_bus(context: Any, name: str, bus_type: str, values: dict[str, Any]) -> EmulatedI2CBus:
+    """The ("i2c", "emulated") backend of `hal.backends`: chips on the context's plant."""
+    return EmulatedI2CBus(name, plant=context.get_plant(), baudrate=int(values["baudrate"]))
+
+
+__all__ = ["EmulatedI2CBus", "emulated_i2c_bus"]

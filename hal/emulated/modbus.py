@@ -290,8 +290,16 @@ class EmulatedModbusServer:
 
 def emulator_for(context: Any, bus: str, bus_type: str) -> EmulatedModbusServer:
     """The emulated server of an emulated Modbus bus, shared through the context."""
-    plant = context.get_plant()  # outside shared(): the context's lock is not re-entrant
+    plant = context.get_plant()
     return context.shared(f"modbus-emulator:{bus}", lambda: EmulatedModbusServer(bus, bus_type, plant))
 
 
-__all__ = ["EmulatedModbusServer", "emulator_for"]
+def emulated_modbus_bus(context: Any, name: str, bus_type: str, values: dict[str, Any]) -> Any:
+    """The ("modbus_tcp"/"modbus_rtu", "emulated") backend of `hal.backends`: a real `ModbusBus` client talking to
+    this bus's emulated server."""
+    from hal.modbus.client import ModbusBus
+
+    return ModbusBus(name, bus_type, values, emulator_for(context, name, bus_type))
+
+
+__all__ = ["EmulatedModbusServer", "emulator_for", "emulated_modbus_bus"]
