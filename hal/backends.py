@@ -7,9 +7,13 @@ emulator (and an emulator may import the real side it imitates without an import
 checks the direction.
 
 A bus factory is called as `factory(context, name, bus_type, values)` with the bus's validated options and returns
-the bus object the drivers share (`HalContext.shared` under `"<kind>:<bus name>"`). Two rows are not buses: the
-emulated plant (`("plant", "emulated")`, called as `Plant(clock=...)`) and the sensor node's firmware emulator
-(`("sensornode", "emulated")`, `EmulatedNode(plant, board_id, name=..., ...)`).
+the bus object the drivers share (`HalContext.shared` under `"<kind>:<bus name>"`). Every bus has
+`prepare(driver)`, called by a driver once it knows its address and options: a real bus does nothing, an emulated
+one places and wires the device the driver expects (`hal.emulated.drivers`, keyed by driver).
+
+Three rows are not buses: the emulated plant (`("plant", "emulated")`, called as `Plant(clock=...)`), the sensor
+node's firmware emulator (`("sensornode", "emulated")`, `EmulatedNode(plant, board_id, name=..., ...)`) and the
+emulation-only options of a driver (`("driver-options", "emulated")`, `emulation_options(driver) -> [Option]`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ BACKENDS: dict[tuple[str, str], str] = {
     ("modbus_rtu", EMULATED): "hal.emulated.modbus:emulated_modbus_bus",
     ("plant", EMULATED): "hal.emulated.plant:Plant",
     ("sensornode", EMULATED): "hal.emulated.micropython.runner:EmulatedNode",
+    ("driver-options", EMULATED): "hal.emulated.drivers:emulation_options",
 }
 
 

@@ -44,6 +44,9 @@ class RealI2CBus:
                                "read_word_data", "write_word_data", "read_i2c_block_data", "write_i2c_block_data",
                                "i2c_rdwr"})
 
+    def prepare(self, driver: Any) -> None:
+        """Nothing to prepare: the chip is on the board (an emulated bus places a chip model here)."""
+
     def open(self) -> None:
         """Open /dev/i2c-N now (raises OSError: ENOENT if the interface is not enabled, EACCES without rights)."""
         self._bus()

@@ -130,10 +130,23 @@ def driver_class(driver: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
+def driver_name(obj: Any) -> str:
+    """The `DRIVERS` name of a driver object (of its class or the nearest registered base), or "" if none."""
+    for cls in type(obj).__mro__:
+        target = f"{cls.__module__}:{cls.__qualname__}"
+        for name, registered in DRIVERS.items():
+            if registered == target:
+                return name
+    return ""
+
+
 def validate_driver_options(driver: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Check a driver's options. Returns (values, [(key, message)]); raises ConfigurationError for an unknown driver."""
+    from hal.backends import implementation
+
     cls = driver_class(driver)
-    schema: list[Option] = getattr(cls, "OPTIONS", [])
+    # the driver's own options, then the emulation-only ones the emulated side declares for it (hal.emulated.drivers)
+    schema: list[Option] = list(getattr(cls, "OPTIONS", [])) + implementation("driver-options", "emulated")(driver)
     values, errors = parse_options(schema, options)
     validate = getattr(cls, "validate", None)  # optional cross-option checks: validate(values) -> [(key, message)]
     if not errors and validate is not None:

@@ -162,10 +162,6 @@ class ADS1115(I2CSensor):
             c["range_v"] = float(c["range_v"])
             if not c["unit"]:
                 c["unit"] = {"voltage": "V", "loop_4_20ma": "", "ct_clamp": "A"}[c["kind"]]
-        model = self.dev.bus.chips.get(self.address) if hasattr(self.dev.bus, "chips") else None
-        if model is not None:
-            for c in self.chans:
-                model.wire(c)
 
     def channels(self) -> list[tuple[str, str]]:
         return [(f"{self.name}.{c['name']}", c["unit"]) for c in self.chans]

@@ -76,6 +76,15 @@ class EmulatedGpioBus:
         if plant is not None and clock is getattr(plant, "clock", None):
             self._t0 -= plant.now()  # pin time and plant time agree
 
+    def prepare(self, driver: Any) -> None:
+        """Drive an input driver's pin from its plant signal (`hal.emulated.drivers.GPIO_STIMULI`)."""
+        from hal.emulated.drivers import gpio_stimulus
+
+        stimulus = gpio_stimulus(driver)
+        if stimulus is not None:
+            kind, signal = stimulus
+            self.stimulate(driver.pin_name, kind, signal, active_high=driver.active_high)
+
     def pin(self, number: Any) -> EmulatedPin:
         return self.factory.pin(number)
 

@@ -52,6 +52,15 @@ class EmulatedI2CBus:
                 self.attach(address, CHIP_MODELS[model](self.plant))
             return self.chips[address]
 
+    def prepare(self, driver: Any) -> Any:
+        """The chip model a driver expects, placed at its address and wired to the plant
+        (`hal.emulated.drivers.CHIP_PREPARATION`)."""
+        from hal.emulated.drivers import prepare_chip
+
+        chip = self.place(driver.address, driver.CHIP)
+        prepare_chip(chip, driver)
+        return chip
+
     def remove(self, address: int) -> None:
         with self.lock:
             self.chips.pop(address, None)

@@ -46,3 +46,67 @@ def test_the_real_i2c_backend_does_not_open_the_adapter_until_used() -> None:
     with pytest.raises(OSError):
         bus.open()  # no such adapter here
     ctx.close()
+
+
+# -- emulation settings live on the emulated side, keyed by driver (hal/emulated/drivers.py) --------------------------
+
+def test_no_real_driver_declares_an_emulation_option() -> None:
+    from hal.emulated.drivers import EMULATION_OPTIONS
+    from hal.sources import DRIVERS, driver_class
+
+    for name, target in DRIVERS.items():
+        if target.startswith("hal.emulated."):
+            continue  # the emulated sources are emulation through and through
+        own = [o.name for o in getattr(driver_class(name), "OPTIONS", [])]
+        assert not [k for k in own if k.startswith("emulate")], f"{name}: move it to EMULATION_OPTIONS"
+    assert set(EMULATION_OPTIONS) <= set(DRIVERS)
+
+
+def test_a_config_keeps_its_emulation_options_and_gets_their_defaults() -> None:
+    from hal.sources import validate_driver_options
+
+    values, errors = validate_driver_options("bme280", {"emulate_signal": "bearing_temperature"})
+    assert errors == [] and values["emulate_signal"] == "bearing_temperature"
+    values, errors = validate_driver_options("gpio.counter", {"pin": 5})
+    assert errors == [] and values["emulate_signal"] == "part_rate"
+    _, errors = validate_driver_options("gpio.state", {"pin": 5, "emulate_signl": "x"})
+    assert errors and errors[0][0] == "emulate_signl" and "emulate_signal" in errors[0][1]
+    _, errors = validate_driver_options("gpio.state", {"pin": 5, "emulate_signal": 3})
+    assert [k for k, _ in errors] == ["emulate_signal"]
+
+
+def test_the_emulated_bus_prepares_the_chip_a_driver_expects() -> None:
+    from hal.sources import driver_name, open_source
+
+    ctx = HalContext(emulate=True, buses={"i2c": {"type": "i2c"}})
+    try:
+        drv = open_source("bme280", "bearing", {"emulate_signal": "bearing_temperature"}, ctx, bus="i2c")
+        assert driver_name(drv) == "bme280"
+        chip = ctx.lookup("i2c:i2c").chips[0x76]
+        assert type(chip).__name__ == "BME280Model" and chip.temperature_signal == "bearing_temperature"
+        open_source("ina219", "supply", {"shunt_ohm": 0.05}, ctx, bus="i2c")
+        assert ctx.lookup("i2c:i2c").chips[0x40].shunt_ohm == 0.05
+    finally:
+        ctx.close()
+
+
+def test_a_real_bus_prepares_nothing() -> None:
+    from hal.sources import open_source
+
+    ctx = HalContext(emulate=False, buses={"i2c": {"type": "i2c", "bus": 250}})
+    try:
+        drv = open_source("bme280", "cabinet", {}, ctx, bus="i2c")  # constructing does not touch the adapter
+        assert drv.dev.bus.path == "/dev/i2c-250" and drv.dev.bus._smbus is None
+    finally:
+        ctx.close()
+
+
+def test_driver_name_finds_a_registered_base_class() -> None:
+    from hal.drivers.bme280 import BME280
+    from hal.sources import driver_name
+
+    class Mine(BME280):
+        pass
+
+    assert driver_name(Mine.__new__(Mine)) == "bme280"
+    assert driver_name(object()) == ""
