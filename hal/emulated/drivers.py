@@ -8,9 +8,8 @@ signal, a chip model placed at the driver's address and wired to the plant (BME2
 inputs, INA219 shunt). Must not touch the real drivers' code
 paths: the real buses' `prepare` does nothing.
 
-Still on the real side (not moved yet): the ADS1115 channel option `signal` and the Modbus register options
-`signal` / `emulate_value` (nested tables of the real schema, read by `ADS1115Model.wire` and
-`EmulatedModbusServer`).
+Still on the real side (not moved yet): the Modbus register options `signal` / `emulate_value` (fields of
+`hal.modbus.registermap.Register`, set from profiles, read by `EmulatedModbusServer`).
 """
 
 from __future__ import annotations
@@ -19,7 +18,8 @@ from typing import Any
 
 from hal.options import Option
 
-# driver name (as in `hal.sources.DRIVERS`) -> options only an emulated run uses
+# driver name (as in `hal.sources.DRIVERS`), or driver name + "." + key of a nested table list, -> options only an
+# emulated run uses
 EMULATION_OPTIONS: dict[str, list[Option]] = {
     "gpio.state": [Option("emulate_signal", str, "running",
                           "emulation only: plant signal driving the input (\"\": none)")],
@@ -27,6 +27,7 @@ EMULATION_OPTIONS: dict[str, list[Option]] = {
     "gpio.frequency": [Option("emulate_signal", str, "shaft_speed_hz", "emulation only: plant signal (Hz)")],
     "bme280": [Option("emulate_signal", str, "cabinet_temperature",
                       "emulation only: the plant signal the temperature follows (e.g. bearing_temperature)")],
+    "ads1115.channels": [Option("signal", str, "", "emulation only: the plant signal on this input")],
 }
 
 # GPIO input driver -> how the plant signal drives the pin (see `EmulatedGpioBus.stimulate`)
@@ -34,7 +35,7 @@ GPIO_STIMULI: dict[str, str] = {"gpio.state": "level", "gpio.counter": "pulses",
 
 
 def emulation_options(driver: str) -> list[Option]:
-    """The emulation-only options of `driver` (none for most)."""
+    """The emulation-only options of `driver` or of its nested tables (`"ads1115.channels"`); none for most."""
     return list(EMULATION_OPTIONS.get(driver, []))
 
 

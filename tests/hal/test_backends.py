@@ -59,7 +59,9 @@ def test_no_real_driver_declares_an_emulation_option() -> None:
             continue  # the emulated sources are emulation through and through
         own = [o.name for o in getattr(driver_class(name), "OPTIONS", [])]
         assert not [k for k in own if k.startswith("emulate")], f"{name}: move it to EMULATION_OPTIONS"
-    assert set(EMULATION_OPTIONS) <= set(DRIVERS)
+    assert {k.split(".channels")[0] for k in EMULATION_OPTIONS} <= set(DRIVERS)
+    from hal.drivers.ads1115 import CHANNEL_OPTIONS
+    assert "signal" not in [o.name for o in CHANNEL_OPTIONS]
 
 
 def test_a_config_keeps_its_emulation_options_and_gets_their_defaults() -> None:
@@ -73,6 +75,13 @@ def test_a_config_keeps_its_emulation_options_and_gets_their_defaults() -> None:
     assert errors and errors[0][0] == "emulate_signl" and "emulate_signal" in errors[0][1]
     _, errors = validate_driver_options("gpio.state", {"pin": 5, "emulate_signal": 3})
     assert [k for k, _ in errors] == ["emulate_signal"]
+    _, errors = validate_driver_options("ads1115", {"channels": [{"name": "p", "kind": "loop_4_20ma",
+                                                                 "signal": "loop_current_ma"}]})
+    assert errors == []
+    _, errors = validate_driver_options("ads1115", {"channels": [{"name": "p", "signal": 4}]})
+    assert errors == [("channels[0].signal", "expected a string, got 4")]
+    _, errors = validate_driver_options("ads1115", {"channels": [{"name": "p", "signl": "x"}]})
+    assert errors[0][0] == "channels[0].signl" and "signal" in errors[0][1]
 
 
 def test_the_emulated_bus_prepares_the_chip_a_driver_expects() -> None:
