@@ -8,8 +8,8 @@ signal, a chip model placed at the driver's address and wired to the plant (BME2
 inputs, INA219 shunt). Must not touch the real drivers' code
 paths: the real buses' `prepare` does nothing.
 
-Still on the real side (not moved yet): the Modbus register options `signal` / `emulate_value` (fields of
-`hal.modbus.registermap.Register`, set from profiles, read by `EmulatedModbusServer`).
+The Modbus register keys `signal` / `emulate_value` are declared here too ("modbus.registers"); the register map
+carries them opaquely in `Register.emulation` for `EmulatedModbusServer`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ EMULATION_OPTIONS: dict[str, list[Option]] = {
     "bme280": [Option("emulate_signal", str, "cabinet_temperature",
                       "emulation only: the plant signal the temperature follows (e.g. bearing_temperature)")],
     "ads1115.channels": [Option("signal", str, "", "emulation only: the plant signal on this input")],
+    # a Modbus register table (the modbus driver's `registers` and the profiles); kept in `Register.emulation`
+    "modbus.registers": [
+        Option("signal", str, "", "emulation only: the plant signal that drives this register"),
+        Option("emulate_value", (int, float, str, bool), 0,
+               "emulation only: a constant value when there is no signal"),
+    ],
 }
 
 # GPIO input driver -> how the plant signal drives the pin (see `EmulatedGpioBus.stimulate`)
@@ -35,7 +41,8 @@ GPIO_STIMULI: dict[str, str] = {"gpio.state": "level", "gpio.counter": "pulses",
 
 
 def emulation_options(driver: str) -> list[Option]:
-    """The emulation-only options of `driver` or of its nested tables (`"ads1115.channels"`); none for most."""
+    """The emulation-only options of `driver` or of a nested table list (`"ads1115.channels"`,
+    `"modbus.registers"`); none for most."""
     return list(EMULATION_OPTIONS.get(driver, []))
 
 

@@ -115,15 +115,17 @@ class EmulatedModbusServer:
     def _value(self, unit: int, reg: Register, t: float) -> Any:
         if (unit, reg.name) in self._values:
             return self._values[(unit, reg.name)]
-        if reg.signal and self.plant is not None:
+        emulation = dict(reg.emulation)  # hal.emulated.drivers: "modbus.registers"
+        signal, constant = emulation.get("signal", ""), emulation.get("emulate_value", 0)
+        if signal and self.plant is not None:
             try:
-                v = self.plant.signal(reg.signal, t)
+                v = self.plant.signal(signal, t)
             except KeyError:
-                return reg.emulate_value
+                return constant
             if reg.type == "bit" and reg.table not in BIT_TABLES:
                 return bool((int(v) >> reg.bit) & 1)
             return v
-        return reg.emulate_value
+        return constant
 
     async def _action(self, unit: int, fc: int, start: int, address: int, count: int, registers: list[int],
                       values: Any) -> Any:

@@ -59,9 +59,11 @@ def test_no_real_driver_declares_an_emulation_option() -> None:
             continue  # the emulated sources are emulation through and through
         own = [o.name for o in getattr(driver_class(name), "OPTIONS", [])]
         assert not [k for k in own if k.startswith("emulate")], f"{name}: move it to EMULATION_OPTIONS"
-    assert {k.split(".channels")[0] for k in EMULATION_OPTIONS} <= set(DRIVERS)
+    assert all(k in DRIVERS or k.rsplit(".", 1)[0] in DRIVERS for k in EMULATION_OPTIONS)  # driver[.table]
     from hal.drivers.ads1115 import CHANNEL_OPTIONS
+    from hal.modbus.registermap import REGISTER_OPTIONS, Register
     assert "signal" not in [o.name for o in CHANNEL_OPTIONS]
+    assert not {"signal", "emulate_value"} & ({o.name for o in REGISTER_OPTIONS} | set(Register.__dataclass_fields__))
 
 
 def test_a_config_keeps_its_emulation_options_and_gets_their_defaults() -> None:
@@ -119,3 +121,16 @@ def test_driver_name_finds_a_registered_base_class() -> None:
 
     assert driver_name(Mine.__new__(Mine)) == "bme280"
     assert driver_name(object()) == ""
+
+
+def test_a_register_carries_its_emulation_options_opaquely() -> None:
+    from hal.modbus.registermap import load_profile, parse_registers
+
+    regs, errors = parse_registers([{"name": "v", "address": 0, "signal": "line_voltage_l1"},
+                                    {"name": "k", "address": 1, "emulate_value": 7}])
+    assert errors == []
+    assert dict(regs[0].emulation) == {"signal": "line_voltage_l1", "emulate_value": 0}
+    assert dict(regs[1].emulation) == {"signal": "", "emulate_value": 7}
+    _, errors = parse_registers([{"name": "v", "address": 0, "signal": 5}])
+    assert errors == [("[0].signal", "expected a string, got 5")]
+    assert dict(load_profile("sdm630").registers[0].emulation)["signal"] == "line_voltage_l1"
