@@ -5,8 +5,7 @@ Owns the `emulate_*` options (merged into a driver's schema by `hal.sources.vali
 ("driver-options", "emulated") row of `hal.backends`, so configs keep them and a real run ignores them) and the
 per-driver preparation the emulated buses run from their `prepare(driver)`: a GPIO input stimulated from a plant
 signal, a chip model placed at the driver's address and wired to the plant (BME280 temperature signal, ADS1115
-inputs, INA219 shunt). Must not touch the real drivers' code
-paths: the real buses' `prepare` does nothing.
+inputs, INA219 shunt). Must not touch the real drivers' code paths: the real buses' `prepare` does nothing.
 
 The Modbus register keys `signal` / `emulate_value` are declared here too ("modbus.registers"); the register map
 carries them opaquely in `Register.emulation` for `EmulatedModbusServer`.
