@@ -104,6 +104,9 @@ class MqttConfig:
     batch: int = 1
     live_share: float = 0.5
     format: str = "json"
+    group: str = "none"  # "sensor": one message per sensor poll (README, "Wire format")
+    compress: str = "none"  # "deflate": zlib bodies of at least compress_min_bytes
+    compress_min_bytes: int = 128
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,10 @@ _MQTT_OPTIONS = [
     Option("live_share", (int, float), 0.5, "share of the in-flight window kept for live data while a backlog "
            "drains", in_range(0.05, 1.0)),
     Option("format", str, "json", "wire format", choices=("json", "sparkplug")),
+    Option("group", str, "none", "\"sensor\": the readings of one sensor poll in one message",
+           choices=("none", "sensor")),
+    Option("compress", str, "none", "\"deflate\": send data bodies as zlib streams", choices=("none", "deflate")),
+    Option("compress_min_bytes", int, 128, "compress bodies of at least this many bytes", in_range(1, 1 << 24)),
 ]
 _SPARKPLUG_ID = (lambda v: None if v and not set(v) & set("/+#") else
                  "expected an id without '/', '+' or '#'")
@@ -330,6 +337,11 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
     problems.extend("sparkplug", errs)
     if mqtt_v.get("format") == "sparkplug" and not errs and not sparkplug_v.get("group_id"):
         problems.add("sparkplug.group_id", "missing: expected a group id when mqtt.format = \"sparkplug\"")
+    if mqtt_v.get("format") == "sparkplug":
+        for key in ("group", "compress"):
+            if mqtt_v.get(key, "none") != "none":
+                problems.add(f"mqtt.{key}", f"expected \"none\" with mqtt.format = \"sparkplug\" (Sparkplug B has "
+                             f"its own encoding), found {mqtt_v[key]!r}")
 
     outbox_v, errs = parse_options(_OUTBOX_OPTIONS, _table(raw, "outbox", problems))
     problems.extend("outbox", errs)

@@ -1,7 +1,8 @@
 """The store: a durable SQLite outbox (WAL) — the only writer of the outbox database.
 
 Every record is committed here before anything is sent. One writer thread owns the write connection: it takes
-`Emit`s from a bounded queue, gives each a per-stream `seq` (persisted in the same transaction, so a restart
+`Emit`s from a bounded queue (`put`, or `put_many` for a producer's batch: a list under one lock, handed over a
+group commit at a time), gives each a per-stream `seq` (persisted in the same transaction, so a restart
 continues every sequence and never repeats one), and commits them in group commits (every `commit_interval_ms`
 or `commit_max_records`) so an SD card is not written per sample. Acknowledged records (PUBACK received by the
 uplink) are deleted by the same thread.
@@ -328,14 +329,21 @@ class Outbox:
         self.path = self.state_dir / DB_NAME
         self.config = config
         self.stats = stats or Stats()
-        self._queue: queue.Queue[Emit] = queue.Queue(maxsize=queue_size)
+        # the hand-off to the writer: a list under one lock, swapped or cut by the writer once per group commit.
+        # A producer wakes the writer only when a commit's worth is waiting (or a flush asks), not per record.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # settled records (flush waits on it)
+        self._ready = threading.Condition(self._lock)  # records waiting (the writer waits on it)
+        self._inbox: list[Emit] = []
+        self._capacity = queue_size
+        self._want = 0  # how many records the waiting writer wants; 0: it is not waiting
+        self._flushers = 0  # flush() calls waiting
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._next_seq: dict[str, int] = {}
         self._kinds: dict[str, str] = {}
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._cond = threading.Condition()
         self._accepted = 0  # emits accepted into the queue
         self._settled = 0  # emits committed, or dropped and counted
         self._fault: str | None = None
@@ -453,6 +461,8 @@ class Outbox:
             self.flush(timeout)
         self._give_up_at = time.monotonic() + timeout / 2  # then count what is left and stop trying
         self._stop.set()
+        with self._lock:
+            self._ready.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -476,14 +486,20 @@ class Outbox:
     def put(self, emit: Emit) -> bool:
         """Queue a record for the next group commit. Never blocks; a full queue drops it, counted and published as a
         `not_committed` gap event."""
-        try:
-            self._queue.put_nowait(emit)
-        except queue.Full:
+        with self._lock:
+            inbox = self._inbox
+            if len(inbox) < self._capacity:
+                inbox.append(emit)
+                self._accepted += 1
+                if self._want and len(inbox) >= self._want:
+                    self._ready.notify()
+                full = False
+            else:
+                full = True
+        if full:
             self.stats.inc("outbox_dropped_queue_full")
             self._lose([emit])
             return False
-        with self._cond:
-            self._accepted += 1
         for observe in self._observers:
             try:
                 observe(emit)
@@ -491,12 +507,42 @@ class Outbox:
                 log.exception("outbox observer failed")
         return True
 
+    def put_many(self, emits: list[Emit]) -> int:
+        """Queue several records, in order, for the next group commit (one lock for all of them). Never blocks;
+        what a full queue cannot take (the newest of `emits`) is dropped, each record counted exactly as `put`
+        counts it and published as a `not_committed` gap event. Returns how many were accepted."""
+        if not emits:
+            return 0
+        with self._lock:
+            inbox = self._inbox
+            room = self._capacity - len(inbox)
+            if room >= len(emits):
+                taken, refused = emits, []
+            else:
+                room = max(room, 0)
+                taken, refused = emits[:room], emits[room:]
+            inbox.extend(taken)
+            self._accepted += len(taken)
+            if self._want and len(inbox) >= self._want:
+                self._ready.notify()
+        if refused:
+            self.stats.inc("outbox_dropped_queue_full", len(refused))
+            self._lose(list(refused))
+        if self._observers:
+            for emit in taken:
+                for observe in self._observers:
+                    try:
+                        observe(emit)
+                    except Exception:  # an observer's bug must not lose the record
+                        log.exception("outbox observer failed")
+        return len(taken)
+
     def add_observer(self, fn: Any) -> None:
         """Call `fn(emit)` for every record accepted from now on (cheap: it runs on the producer's thread)."""
         self._observers.append(fn)
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._inbox)
 
     def ack(self, record_ids: list[int]) -> None:
         """The uplink received PUBACKs for these records: delete them in the next commit."""
@@ -509,11 +555,17 @@ class Outbox:
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self._accepted
-            while self._settled < target:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._thread is None:
-                    return False
-                self._cond.wait(min(left, 0.1))
+            self._flushers += 1  # the writer commits what is waiting now instead of filling a group commit
+            try:
+                if self._want and self._inbox:
+                    self._ready.notify()
+                while self._settled < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._thread is None:
+                        return False
+                    self._cond.wait(min(left, 0.1))
+            finally:
+                self._flushers -= 1
         return True
 
     def subscribe(self) -> threading.Event:
@@ -559,13 +611,9 @@ class Outbox:
         while True:
             self.stats.progress("outbox")
             stopping = self._stop.is_set()
-            deadline = time.monotonic() + (0 if stopping else interval)
-            while len(pending) < self.config.commit_max_records:
-                left = deadline - time.monotonic()
-                try:
-                    pending.append(self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            want = self.config.commit_max_records - len(pending)
+            if want > 0:
+                self._take(pending, want, 0 if stopping else interval)
             while True:
                 try:
                     acks.append(self._acks.get_nowait())
@@ -622,6 +670,29 @@ class Outbox:
             except sqlite3.Error as e:
                 self._on_fault(e)
 
+    def _take(self, pending: list[Emit], want: int, wait_s: float) -> None:
+        """Move up to `want` waiting records to `pending`, first waiting up to `wait_s` for that many (a flush or a
+        stop cuts the wait short)."""
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            while (len(self._inbox) < want and not (self._flushers and self._inbox)
+                   and not self._stop.is_set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._want = want
+                try:
+                    self._ready.wait(left)
+                finally:
+                    self._want = 0
+            inbox = self._inbox
+            if len(inbox) <= want:
+                pending += inbox
+                self._inbox = []
+            else:
+                pending += inbox[:want]
+                del inbox[:want]
+
     def _settle(self, n: int) -> None:
         with self._cond:
             self._settled += n
@@ -648,11 +719,9 @@ class Outbox:
         """Stopping while the database cannot be written: everything not committed is counted; its gap events are
         committed if the database takes a small transaction, else the tally goes to `outbox.lost`."""
         leftover = list(pending)
-        while True:
-            try:
-                leftover.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        with self._lock:
+            leftover += self._inbox
+            self._inbox = []
         self._lose(leftover)
         self.stats.inc("outbox_lost_at_shutdown", len(leftover))
         self._settle(len(leftover))
@@ -970,7 +1039,7 @@ class Outbox:
         if lost:
             self._lost_restored_gen = 0
             self.stats.inc("outbox_gap_events_not_committed", len(lost))
-        gap_events = sum(1 for r in rows if r[0] == GAP_STREAM)
+        gap_events = sum(1 for r in rows if r[0] == GAP_STREAM) if GAP_STREAM in touched else 0
         if gap_events:
             self.stats.inc("outbox_gap_events", gap_events)
         self._next_seq = next_seq

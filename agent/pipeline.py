@@ -291,8 +291,7 @@ class Pipeline:
         return {"processing": self._queue.qsize(), "outbox": self.outbox.queue_depth()}
 
     def _emit(self, emits: list[Emit]) -> None:
-        for e in emits:
-            self.outbox.put(e)
+        self.outbox.put_many(emits)  # one hand-off per batch; a full queue counts what it refuses, per record
 
     def request_capture(self, sensor: str, seconds: float) -> CaptureRequest:
         """Ask for `seconds` of raw samples of a stream sensor; wait on `.done`, then read `.emit` or `.error`."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -102,3 +103,115 @@ def encode(record: Record, agent_id: str, prefix: str, *, historical: bool = Fal
         body["historical"] = True
     body.update(record.payload)
     return topic(prefix, agent_id, record.kind, record.stream), _dumps(body).encode()
+
+
+# -- grouped readings (mqtt.group = "sensor") and compressed bodies (mqtt.compress = "deflate") -------------------
+#
+# A grouped message carries the readings of one sensor poll (records of kind `reading` on streams
+# `<sensor>.<key>` that share one timestamp) on topic `<prefix>/<agent_id>/readings/<sensor>`:
+#
+#   {"agent": A, "sensor": S, "ts": T, "seq": N, "quality": Q, "unit": U, "values": {KEY: ENTRY, ...}}
+#
+# plus `"historical": true` for backlog. `seq`, `quality` and `unit` are defaults; an ENTRY is either the bare
+# value (the record has the defaults) or an object with `value` and whatever differs (`seq`, `quality`, `unit`)
+# or is extra (`error`, `delta`, `total`). Each value is still its own record: stream `S.KEY`, its own seq; the
+# expansion (`expand_grouped`) gives exactly the bodies that ungrouped publishing would have sent.
+
+GROUPED_KIND = "readings"  # the topic's kind level of a grouped message
+ZLIB_MARK = 0x78  # the first byte of a zlib stream (RFC 1950, 32 KiB window); a JSON body starts with { or [
+CONTENT_TYPE_DEFLATE = "application/zlib"  # MQTT 5 content type of a compressed body
+MAX_INFLATED_BYTES = 16 * 2**20
+
+
+def groupable(record: Record, sensor: str) -> bool:
+    """Whether `record` can travel in a grouped message of `sensor`."""
+    return (record.kind == "reading" and record.stream.startswith(sensor + ".") and len(record.stream) > len(sensor) + 1
+            and "value" in record.payload and "unit" in record.payload)
+
+
+def _mode(values: list[Any]) -> Any:
+    counts: dict[Any, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return max(counts, key=lambda v: counts[v])  # first of the most frequent: deterministic
+
+
+def grouped_body(records: list[Record], agent_id: str, sensor: str, *, historical: bool = False) -> dict[str, Any]:
+    """The grouped body of `records`: one sensor, one timestamp, each `groupable(record, sensor)`."""
+    first = records[0]
+    seq, quality = _mode([r.seq for r in records]), _mode([str(r.quality) for r in records])
+    unit = _mode([r.payload["unit"] for r in records])
+    body: dict[str, Any] = {"agent": agent_id, "sensor": sensor, "ts": iso_ts(first.ts_ns), "seq": seq,
+                            "quality": quality, "unit": unit}
+    if historical:
+        body["historical"] = True
+    values: dict[str, Any] = {}
+    cut = len(sensor) + 1
+    for r in records:
+        if r.ts_ns != first.ts_ns or not groupable(r, sensor):
+            raise ValueError(f"record {r.stream} seq {r.seq} does not belong in a group of {sensor} at {first.ts_ns}")
+        extra = {k: v for k, v in r.payload.items() if k not in ("value", "unit")}
+        if r.seq != seq:
+            extra["seq"] = r.seq
+        if str(r.quality) != quality:
+            extra["quality"] = str(r.quality)
+        if r.payload["unit"] != unit:
+            extra["unit"] = r.payload["unit"]
+        value = r.payload["value"]
+        values[r.stream[cut:]] = {"value": value, **extra} if extra or isinstance(value, dict) else value
+    body["values"] = values
+    return body
+
+
+def encode_grouped(records: list[Record], agent_id: str, prefix: str, sensor: str, *,
+                   historical: bool = False) -> tuple[str, bytes]:
+    return (topic(prefix, agent_id, GROUPED_KIND, sensor),
+            _dumps(grouped_body(records, agent_id, sensor, historical=historical)).encode())
+
+
+def expand_grouped(body: Any, where: str = "grouped body") -> list[dict[str, Any]]:
+    """A grouped body -> the ungrouped bodies of its records (as `encode` writes them), in its order. Raises
+    ValueError naming what is wrong and where."""
+    if not isinstance(body, dict):
+        raise ValueError(f"{where}: expected a JSON object, found {type(body).__name__}")
+    sensor, values = body.get("sensor"), body.get("values")
+    if not isinstance(sensor, str) or not sensor:
+        raise ValueError(f"{where}.sensor: expected the sensor's name, found {sensor!r:.40}")
+    if not isinstance(values, dict) or not values:
+        raise ValueError(f"{where}.values: expected an object of {{key: value}}, found {values!r:.40}")
+    common = {k: body[k] for k in ("agent", "ts", "quality") if k in body}
+    if body.get("historical") is True:
+        common["historical"] = True
+    out = []
+    for key, entry in values.items():
+        item: dict[str, Any] = {**common, "stream": f"{sensor}.{key}", "seq": body.get("seq")}
+        if isinstance(entry, dict):
+            if "value" not in entry:
+                raise ValueError(f"{where}.values.{key}: expected an object with a value, found {entry!r:.60}")
+            item.update({"unit": body.get("unit"), **entry})
+        else:
+            item.update({"value": entry, "unit": body.get("unit")})
+        out.append(item)
+    return out
+
+
+def deflate(body: bytes) -> bytes:
+    """A zlib stream (RFC 1950) of `body`: its first byte is ZLIB_MARK, which no JSON body starts with."""
+    return zlib.compress(body, 9)
+
+
+def inflate(payload: bytes, where: str = "body", limit: int = MAX_INFLATED_BYTES) -> bytes:
+    """`payload` as sent: inflated if it is a zlib stream (first byte ZLIB_MARK), else unchanged. Raises
+    ValueError on a broken stream or one that inflates beyond `limit` bytes."""
+    if not payload or payload[0] != ZLIB_MARK:
+        return payload
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(payload, limit)
+    except zlib.error as e:
+        raise ValueError(f"{where}: a zlib body (first byte 0x78) that does not inflate: {e}") from None
+    if d.unconsumed_tail:
+        raise ValueError(f"{where}: a zlib body that inflates beyond {limit} bytes")
+    if not d.eof:
+        raise ValueError(f"{where}: a truncated zlib body")
+    return out

@@ -16,6 +16,12 @@ birth on `<prefix>/<agent>/status`; the Last Will sets it to `offline`, and so d
 Order and fairness: records are read oldest first. Records already in the outbox when a session starts are the
 backlog: they are published marked `"historical": true`, oldest first, sharing the in-flight window with live
 records by `live_share`, so live data keeps flowing while a backlog drains.
+
+Bytes on the wire (JSON): with `mqtt.group = "sensor"` the readings of one sensor poll (records of kind `reading`
+on streams `<sensor>.<key>` with one timestamp) go in one message on `<prefix>/<agent>/readings/<sensor>`
+(`agent.records.grouped_body`); the outbox still holds one record per value with its own seq, so acknowledging,
+the backlog and gap accounting are unchanged. With `mqtt.compress = "deflate"` a data body of at least
+`compress_min_bytes` is sent as a zlib stream when that is smaller (MQTT 5: content type `application/zlib`).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from agent import __version__
 from agent.config import Config
 from agent.outbox import Outbox, OutboxReader
-from agent.records import Record, encode, iso_ts
+from agent.records import CONTENT_TYPE_DEFLATE, Record, deflate, encode, encode_grouped, groupable, iso_ts
 from agent.stats import Stats
 from hal.types import now_ns
 
@@ -93,6 +99,9 @@ class Uplink:
         self._cursor_behind = True  # the last fetch filled the window: more records may be waiting
         self._down_reported = False
         self._last_error = ""
+        self.group = self.mqtt.group == "sensor"
+        self._set_sensors(config)
+        self._fetch_factor = 16 if self.group else 1  # a poll is ~one record per channel: fetch whole polls
 
     # -- paho ------------------------------------------------------------------------------------------------
 
@@ -219,6 +228,7 @@ class Uplink:
     def describe(self, config: Config, sources: dict[str, Any]) -> None:
         """The running configuration and its drivers (at start, after a reload), for a format that announces its
         metrics up front (Sparkplug's births). Safe from any thread."""
+        self._set_sensors(config)  # mqtt.group: a reload may add sensors
         describe = getattr(self.format, "describe", None)
         if describe is not None:
             describe(config, sources)
@@ -451,8 +461,43 @@ class Uplink:
             self._confirming[mid] = self._written
             self._written = []
 
-    def _publish_group(self, records: list[Record], historical: bool) -> bool:
-        messages = self.format.encode(records, historical)
+    def _set_sensors(self, config: Config) -> None:
+        """The sensors' names (the longest first: it wins) and a cache stream -> sensor ("": not grouped), swapped
+        in one assignment (describe() runs on the pipeline's thread)."""
+        self._grouping: tuple[list[str], dict[str, str]] = (
+            sorted((s.name for s in config.sensors), key=len, reverse=True), {})
+
+    def _sensor(self, r: Record) -> str:
+        """The sensor whose poll `r` belongs to when grouping, else ""."""
+        names, sensor_of = self._grouping
+        sensor = sensor_of.get(r.stream)
+        if sensor is None:
+            sensor = next((s for s in names if r.stream.startswith(s + ".")), "")
+            sensor_of[r.stream] = sensor
+        return sensor if sensor and groupable(r, sensor) else ""
+
+    def _compressed(self, body: bytes) -> tuple[bytes, Any]:
+        """`body`, deflated when configured, big enough and smaller for it; and the MQTT 5 properties to send."""
+        if self.mqtt.compress != "deflate" or len(body) < self.mqtt.compress_min_bytes:
+            return body, None
+        z = deflate(body)
+        if len(z) >= len(body):
+            return body, None
+        self.stats.inc("uplink_compressed")
+        if self.mqtt.protocol != "5":
+            return z, None
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = CONTENT_TYPE_DEFLATE
+        return z, props
+
+    def _publish_group(self, records: list[Record], historical: bool, sensor: str = "") -> bool:
+        if sensor:  # mqtt.group = "sensor" (JSON only: the config refuses it with Sparkplug)
+            topic, body = encode_grouped(records, self.agent_id, self.prefix, sensor, historical=historical)
+            messages = [(topic, body, 1)]
+        else:
+            messages = self.format.encode(records, historical)
         if not messages:  # the format represents these records otherwise (a Sparkplug DDEATH already sent)
             self.outbox.ack([r.id for r in records])
             self.stats.inc("uplink_published", len(records))
@@ -460,7 +505,10 @@ class Uplink:
         for topic, body, qos in messages[:-1]:  # e.g. a Sparkplug DBIRTH before the first DDATA of a device
             self._client.publish(topic, body, qos=qos)
         topic, body, qos = messages[-1]
-        info = self._client.publish(topic, body, qos=qos)
+        props = None
+        if self.mqtt.format == "json":
+            body, props = self._compressed(body)
+        info = self._client.publish(topic, body, qos=qos, properties=props)
         if qos == 0:
             self._qos0_mids.add(info.mid)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN,
@@ -484,7 +532,10 @@ class Uplink:
         `batch` per message; per-stream order is kept. Returns the id up to which everything was handed to paho."""
         if not records:
             return 0
-        if self.mqtt.batch > 1:
+        sensors: list[str] = []
+        if self.group:
+            groups, sensors = self._poll_groups(records)
+        elif self.mqtt.batch > 1:
             by_stream: dict[str, list[Record]] = {}
             for r in records:
                 by_stream.setdefault(r.stream, []).append(r)
@@ -494,10 +545,37 @@ class Uplink:
         else:
             groups = [[r] for r in records]
         for k, group in enumerate(groups):
-            if not self._publish_group(group, historical):
+            if not self._publish_group(group, historical, sensors[k] if sensors else ""):
                 unpublished = [r.id for g in groups[k:] for r in g]
                 return min(unpublished) - 1  # what was published above this is sent again: a bounded duplicate
         return records[-1].id
+
+    def _poll_groups(self, records: list[Record]) -> tuple[list[list[Record]], list[str]]:
+        """mqtt.group = "sensor": consecutive readings of one sensor with one timestamp form a group (a stream at
+        most once in it; a sensor's records interleave with other sensors' only); other records go alone, or
+        `batch` of one stream together. Groups are created in record order and sorted by their first record, so
+        each stream's records keep their order. Returns the groups and each one's sensor ("": not grouped)."""
+        open_: dict[str, tuple[int, list[Record]]] = {}  # sensor -> (timestamp, its latest group)
+        by_stream: dict[str, list[Record]] = {}
+        groups: list[tuple[list[Record], str]] = []
+        for r in records:
+            sensor = self._sensor(r)
+            if not sensor:
+                rs = by_stream.setdefault(r.stream, [])
+                rs.append(r)
+                if len(rs) == self.mqtt.batch:
+                    groups.append((rs, ""))
+                    by_stream[r.stream] = []
+                continue
+            ts, g = open_.get(sensor, (None, []))
+            if ts != r.ts_ns or any(x.stream == r.stream for x in g):
+                g = []
+                open_[sensor] = (r.ts_ns, g)
+                groups.append((g, sensor))
+            g.append(r)
+        groups.extend((rs, "") for rs in by_stream.values() if rs)
+        groups.sort(key=lambda g: g[0][0].id)
+        return [g for g, _ in groups], [s for _, s in groups]
 
     def _pump(self) -> None:
         assert self._reader is not None
@@ -508,7 +586,7 @@ class Uplink:
         live_room = max(1, math.ceil(room * self.live_share)) if backlog else room
         if self._new_data.is_set() or backlog or self._cursor_behind:
             self._new_data.clear()
-            batch = self.mqtt.batch
+            batch = self.mqtt.batch * self._fetch_factor
             live = self._reader.fetch(self._cursor, live_room * batch)
             self._cursor_behind = len(live) == live_room * batch
             last = self._publish_all(live, False)
@@ -516,7 +594,7 @@ class Uplink:
                 self._cursor = last
             room = self.mqtt.inflight - len(self._inflight)
         if backlog and room > 0:
-            batch = self.mqtt.batch
+            batch = self.mqtt.batch * self._fetch_factor
             old = [r for r in self._reader.fetch(self._backlog_cursor, room * batch) if r.id <= self._backlog_end]
             last = self._publish_all(old, True)
             if last:

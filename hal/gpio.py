@@ -46,8 +46,8 @@ class RealGpioBus:
                               "python3-lgpio (or pip install lgpio), elsewhere use backend = \"emulated\" or "
                               "--emulate") from None
 
-    def stimulate(self, *args: Any, **kwargs: Any) -> None:
-        pass  # real inputs are driven by the machine
+    def prepare(self, driver: Any) -> None:
+        """Nothing to prepare: real inputs are driven by the machine (an emulated bus stimulates them)."""
 
     def close(self) -> None:
         self.factory.close()
@@ -60,12 +60,15 @@ def gpio_bus(context: Any, bus: str | None, sensor: str = "gpio") -> Any:
     if bus is not None:
         from hal.buses import bus_config
         _, values, emulated = bus_config(context, bus, ("gpio",), sensor)
-    key = f"gpio:{bus or '(header)'}"
-    if emulated:
-        from hal.emulated.gpio import EmulatedGpioBus
-        plant = context.get_plant()
-        return context.shared(key, lambda: EmulatedGpioBus(bus or "gpio", plant))
-    return context.shared(key, lambda: RealGpioBus(bus or "gpio", values.get("pin_factory", "")))
+    from hal.backends import backend_name, implementation
+
+    factory = implementation("gpio", backend_name(emulated))  # the emulated bus is registered in hal.backends
+    return context.shared(f"gpio:{bus or '(header)'}", lambda: factory(context, bus or "gpio", "gpio", values))
+
+
+def real_gpio_bus(context: Any, name: str, bus_type: str, values: Mapping[str, Any]) -> RealGpioBus:
+    """The ("gpio", "real") backend of `hal.backends`."""
+    return RealGpioBus(name, values.get("pin_factory", ""))
 
 
 def _make(sensor: str, cls: Any, pin: Any, **kwargs: Any) -> Any:
@@ -95,8 +98,6 @@ ACTIVE = Option("active", str, "", "electrical level that means active (default:
 
 class _GpioInput:
     kind: ClassVar[str] = "slow"
-    DEFAULT_SIGNAL: ClassVar[str] = ""
-    STIMULUS: ClassVar[str] = "level"
 
     def __init__(self, name: str, options: Mapping[str, Any], context: Any, bus: str | None = None) -> None:
         self.name = name
@@ -129,9 +130,7 @@ class _GpioInput:
             dev.close()  # a constructor that fails half-way closes what it opened
             raise
         self.device = dev
-        signal = self.options.get("emulate_signal", self.DEFAULT_SIGNAL)
-        if signal:
-            self.bus.stimulate(self.pin_name, self.STIMULUS, signal, active_high=self.active_high)
+        self.bus.prepare(self)  # an emulated bus drives the pin from the plant (hal.emulated.drivers)
 
     def started(self, dev: Any) -> None:
         pass
@@ -156,9 +155,7 @@ class _GpioInput:
 class GpioState(_GpioInput):
     """`<name>`: true while the input is active (machine running, e-stop pressed)."""
 
-    DEFAULT_SIGNAL = "running"
-    OPTIONS = [PIN, PULL, ACTIVE,
-               Option("emulate_signal", str, "running", "emulation only: plant signal driving the input (\"\": none)")]
+    OPTIONS = [PIN, PULL, ACTIVE]
 
     def channels(self) -> list[tuple[str, str]]:
         return [(self.name, "")]
@@ -177,12 +174,9 @@ class GpioCounter(_GpioInput):
     """`<name>`: activations counted since open; an activation counts once the input has been active for
     `debounce_ms` without interruption (stability debounce: bounce on press and on release never counts)."""
 
-    DEFAULT_SIGNAL = "part_rate"
-    STIMULUS = "pulses"
     OPTIONS = [PIN, PULL, ACTIVE,
                Option("debounce_ms", (int, float), 10.0, "a level must be stable this long to count",
-                      in_range(0, 10000)),
-               Option("emulate_signal", str, "part_rate", "emulation only: plant signal (events per second)")]
+                      in_range(0, 10000))]
 
     def started(self, dev: Any) -> None:
         self.debounce_s = float(self.options["debounce_ms"]) / 1000.0
@@ -224,14 +218,11 @@ class GpioFrequency(_GpioInput):
     """`<name>.frequency` (Hz, active edges over the last `window_s`) and `<name>.speed` (rpm =
     frequency / pulses_per_rev x 60); 0 when no edge came for `timeout_s`."""
 
-    DEFAULT_SIGNAL = "shaft_speed_hz"
-    STIMULUS = "square"
     OPTIONS = [PIN, PULL, ACTIVE,
                Option("pulses_per_rev", int, 1, "tachometer pulses per shaft revolution", in_range(1, 10000)),
                Option("window_s", (int, float), 1.0, "averaging window", at_most(3600)),
                Option("timeout_s", (int, float), 2.0, "no edge for this long means stopped", at_most(3600)),
-               Option("max_hz", (int, float), 5000.0, "ignore edges closer than 1/max_hz (glitches)", at_most(1e6)),
-               Option("emulate_signal", str, "shaft_speed_hz", "emulation only: plant signal (Hz)")]
+               Option("max_hz", (int, float), 5000.0, "ignore edges closer than 1/max_hz (glitches)", at_most(1e6))]
 
     def started(self, dev: Any) -> None:
         self.edges: deque[float] = deque(maxlen=100000)

@@ -1,5 +1,5 @@
-"""I2C: one bus object per configured bus, real (smbus2 on /dev/i2c-N) or emulated (`hal.emulated.i2c`), and the
-register accessor the chip drivers are written against.
+"""I2C: one bus object per configured bus, real (smbus2 on /dev/i2c-N) or emulated (the ("i2c", "emulated") row of
+`hal.backends`, never imported from here), and the register accessor the chip drivers are written against.
 
 The seam is the smbus2 method subset drivers use (`read_byte`, `read_byte_data`, `write_byte_data`,
 `read_i2c_block_data`, `write_i2c_block_data`); the emulated bus implements the same methods over chip models.
@@ -44,6 +44,9 @@ class RealI2CBus:
                                "read_word_data", "write_word_data", "read_i2c_block_data", "write_i2c_block_data",
                                "i2c_rdwr"})
 
+    def prepare(self, driver: Any) -> None:
+        """Nothing to prepare: the chip is on the board (an emulated bus places a chip model here)."""
+
     def open(self) -> None:
         """Open /dev/i2c-N now (raises OSError: ENOENT if the interface is not enabled, EACCES without rights)."""
         self._bus()
@@ -63,15 +66,16 @@ class RealI2CBus:
 
 def open_i2c(context: Any, bus: str | None, sensor: str = "i2c") -> Any:
     """The shared bus object of a configured i2c bus."""
+    from hal.backends import open_bus
     from hal.buses import bus_config
 
-    _, values, emulated = bus_config(context, bus, ("i2c",), sensor)
-    if emulated:
-        from hal.emulated.i2c import EmulatedI2CBus
-        plant = context.get_plant()
-        return context.shared(f"i2c:{bus}", lambda: EmulatedI2CBus(bus, plant=plant,
-                                                                   baudrate=int(values["baudrate"])))
-    return context.shared(f"i2c:{bus}", lambda: RealI2CBus(bus, int(values["bus"]), int(values["baudrate"])))
+    bus_type, values, emulated = bus_config(context, bus, ("i2c",), sensor)
+    return open_bus(context, "i2c", bus, bus_type, values, emulated)
+
+
+def real_i2c_bus(context: Any, name: str, bus_type: str, values: dict[str, Any]) -> RealI2CBus:
+    """The ("i2c", "real") backend of `hal.backends`."""
+    return RealI2CBus(name, int(values["bus"]), int(values["baudrate"]))
 
 
 class I2CDevice:
@@ -131,4 +135,4 @@ def probe(bus: Any, address: int) -> bool:
         return False
 
 
-__all__ = ["RealI2CBus", "I2CDevice", "open_i2c", "probe"]
+__all__ = ["RealI2CBus", "I2CDevice", "open_i2c", "real_i2c_bus", "probe"]

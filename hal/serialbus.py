@@ -1,7 +1,8 @@
 """Serial lines through pyserial: the real port named in the bus table, or an emulated pty pair.
 
 `serial_line(context, bus)` returns the shared `SerialLine` of a `type = "serial"` bus. A driver calls `open()` to
-get a configured `serial.Serial`. On an emulated bus the line is a `hal.emulated.serial.PtyLink`: the driver's end
+get a configured `serial.Serial`. On an emulated bus (the ("serial", "emulated") row of `hal.backends`, never imported
+from here) the line carries a `hal.emulated.serial.PtyLink`: the driver's end
 is `path`, and whoever plays the device (the sensor-node firmware emulator, a test) opens `far_path`; line faults are
 injected on `link` (`cut`, `corrupt`). ptys ignore the baud rate, and pyserial's inter_byte_timeout does nothing on
 Linux, so framing must not rely on either.
@@ -49,13 +50,16 @@ class SerialLine:
 
 
 def serial_line(context: Any, bus: str | None, sensor: str = "serial") -> SerialLine:
+    from hal.backends import open_bus
     from hal.buses import bus_config
 
-    _, values, emulated = bus_config(context, bus, ("serial",), sensor)
-    if emulated:
-        from hal.emulated.serial import PtyLink
-        return context.shared(f"serial:{bus}", lambda: SerialLine(bus, values, PtyLink(bus)))
-    return context.shared(f"serial:{bus}", lambda: SerialLine(bus, values))
+    bus_type, values, emulated = bus_config(context, bus, ("serial",), sensor)
+    return open_bus(context, "serial", bus, bus_type, values, emulated)
 
 
-__all__ = ["SerialLine", "serial_line"]
+def real_serial_line(context: Any, name: str, bus_type: str, values: dict[str, Any]) -> SerialLine:
+    """The ("serial", "real") backend of `hal.backends`: the port named in the bus table."""
+    return SerialLine(name, values)
+
+
+__all__ = ["SerialLine", "serial_line", "real_serial_line"]

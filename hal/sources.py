@@ -61,7 +61,7 @@ class HalContext:
     plant: Any = None
     clock: Any = None  # hal.clock: the real clock, or a scaled one for faster-than-real-time emulation
     _opened: dict[str, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)  # re-entrant: a bus factory may open another
 
     def __post_init__(self) -> None:
         if self.clock is None:
@@ -71,8 +71,8 @@ class HalContext:
     def get_plant(self) -> Any:
         with self._lock:
             if self.plant is None:
-                from hal.emulated.plant import Plant
-                self.plant = Plant(clock=self.clock)
+                from hal.backends import implementation
+                self.plant = implementation("plant", "emulated")(clock=self.clock)
             return self.plant
 
     def lookup(self, key: str) -> Any:
@@ -130,10 +130,23 @@ def driver_class(driver: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
+def driver_name(obj: Any) -> str:
+    """The `DRIVERS` name of a driver object (of its class or the nearest registered base), or "" if none."""
+    for cls in type(obj).__mro__:
+        target = f"{cls.__module__}:{cls.__qualname__}"
+        for name, registered in DRIVERS.items():
+            if registered == target:
+                return name
+    return ""
+
+
 def validate_driver_options(driver: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Check a driver's options. Returns (values, [(key, message)]); raises ConfigurationError for an unknown driver."""
+    from hal.backends import implementation
+
     cls = driver_class(driver)
-    schema: list[Option] = getattr(cls, "OPTIONS", [])
+    # the driver's own options, then the emulation-only ones the emulated side declares for it (hal.emulated.drivers)
+    schema: list[Option] = list(getattr(cls, "OPTIONS", [])) + implementation("driver-options", "emulated")(driver)
     values, errors = parse_options(schema, options)
     validate = getattr(cls, "validate", None)  # optional cross-option checks: validate(values) -> [(key, message)]
     if not errors and validate is not None:

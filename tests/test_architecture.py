@@ -1,6 +1,8 @@
 """The module contracts, enforced on the source tree (read with `ast`, nothing imported):
 
 * `hal` never imports `agent`;
+* the real hal (everything in `hal/` outside `hal/emulated/`) never imports `hal.emulated`, not even inside a
+  function: a real bus finds its emulated backend in the table of `hal/backends.py`, which names it by string;
 * only `agent/outbox.py` opens an SQLite database or speaks SQL on the outbox tables (records, streams, meta):
   everyone else reads through `agent.outbox.OutboxView` and writes through `Outbox.put` (the fleet side,
   `agent/fleet/`, has a PostgreSQL database of its own);
@@ -35,8 +37,6 @@ KNOWN_CYCLES = {
     frozenset({"agent.commands", "agent.pipeline"}): "commands type-hint the pipeline they are attached to",
     frozenset({"hal.chips", "hal.chips.ads1115", "hal.chips.adxl345", "hal.chips.bme280", "hal.chips.ina219"}):
         "the lazy chip registry (hal.chips.chips()) imports its chips, which import the registry's types",
-    frozenset({"hal.drivers.base", "hal.drivers.bme280", "hal.emulated.chips", "hal.emulated.i2c", "hal.i2c"}):
-        "real buses choose their emulated backend (issue 17: backends in one table per bus type)",
 }
 
 
@@ -100,6 +100,16 @@ def imports(rel: str, source: str, *, top_level_only: bool = False) -> set[str]:
 
 def hal_imports_agent(rel: str, source: str) -> list[str]:
     return sorted(m for m in imports(rel, source) if m == "agent" or m.startswith("agent."))
+
+
+EMULATED = "hal/emulated/"
+
+
+def real_hal_imports_emulated(rel: str, source: str) -> list[str]:
+    """What a real hal module imports from `hal.emulated` (anywhere in the module, lazy imports included)."""
+    if rel.startswith(EMULATED):
+        return []
+    return sorted(m for m in imports(rel, source) if m == "hal.emulated" or m.startswith("hal.emulated."))
 
 
 _SQL_ON_TABLES = re.compile(
@@ -196,6 +206,12 @@ def test_hal_never_imports_agent() -> None:
     assert not {k: v for k, v in bad.items() if v}, "hal/ must not import agent/"
 
 
+def test_real_hal_never_imports_hal_emulated() -> None:
+    bad = {rel: real_hal_imports_emulated(rel, src) for rel, src in _sources().items() if rel.startswith("hal/")}
+    assert not {k: v for k, v in bad.items() if v}, \
+        "a real hal module imports hal.emulated; register the emulated side in hal/backends.py instead"
+
+
 def test_only_the_outbox_opens_the_database_and_speaks_sql_on_its_tables() -> None:
     bad = {rel: outbox_sql(rel, src) for rel, src in _sources().items() if rel != OUTBOX and not rel.startswith(FLEET)}
     assert not {k: v for k, v in bad.items() if v}, \
@@ -255,6 +271,13 @@ def test_the_checkers_flag_bad_examples() -> None:
     assert hal_imports_agent("hal/x.py", "def f():\n    from agent.outbox import Outbox\n") == [
         "agent.outbox", "agent.outbox.Outbox"]
     assert hal_imports_agent("hal/drivers/x.py", "from ..types import Reading\nimport numpy\n") == []
+    assert real_hal_imports_emulated("hal/i2c.py", "def f():\n    from hal.emulated.i2c import EmulatedI2CBus\n") == [
+        "hal.emulated.i2c", "hal.emulated.i2c.EmulatedI2CBus"]
+    assert real_hal_imports_emulated("hal/modbus/client.py", "from ..emulated import modbus\n") == [
+        "hal.emulated", "hal.emulated.modbus"]
+    assert real_hal_imports_emulated("hal/emulated/modbus.py", "from hal.emulated.serial import PtyLink\n") == []
+    table = 'BACKENDS = {("i2c", "emulated"): "hal.emulated.i2c:x"}\n'
+    assert real_hal_imports_emulated("hal/backends.py", table) == []
     sql = outbox_sql("agent/x.py", 'import sqlite3\nc = sqlite3.connect("f")\n'
                                    'c.execute("DELETE FROM records WHERE id = ?")\n'
                                    'q = "SELECT stream, next_seq FROM streams"\nok = "select a thing from the menu"\n')

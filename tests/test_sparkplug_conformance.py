@@ -221,6 +221,7 @@ def test_a_reload_with_a_changed_configuration_is_a_full_rebirth(broker, host, t
     write(False)
     from agent.config import load
     agent = Agent(load(str(path), emulate=True), tmp_path / "state", config_path=str(path))
+    agent.reload_min_interval_s = 0.0  # two reloads in a row (the rate limit has its own test)
     agent.start()
     try:
         assert wait(lambda: len(host.of("DDATA")) >= 5)

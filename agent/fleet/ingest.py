@@ -17,6 +17,10 @@ per-connection temporary table and `INSERT ... SELECT ... ORDER BY key ON CONFLI
 of seqs inserted go to `arrivals` in the same transaction; agent/fleet/gaps.py folds those into watermarks and
 holes.
 
+Bodies as the agents send them: a JSON object, a JSON array (`mqtt.batch`), a grouped body on
+`<prefix>/<agent>/readings/<sensor>` (`mqtt.group = "sensor"`: one row per value, each with its own stream and seq),
+each possibly a zlib stream (`mqtt.compress = "deflate"`: first byte 0x78), inflated here up to 16 MiB.
+
 Bad input (a body that is not JSON, a record without a seq, an agent or stream that contradicts its topic) is
 logged with the topic and the reason, counted, stored in `rejected` and acknowledged: it would be rejected again on
 every delivery. A database that goes away is retried with back-off; nothing is acknowledged meanwhile.
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agent.records import KINDS
+from agent.records import GROUPED_KIND, KINDS, expand_grouped, inflate
 
 log = logging.getLogger("edge_agent.ingest")
 
@@ -135,13 +139,21 @@ def _dumps(v: Any) -> str:
 
 def parse_message(topic: str, payload: bytes, prefix: str) -> tuple[str, str, str, list[tuple[Any, ...]]]:
     """One data message -> (agent, kind, stream, rows for the kind's table). Raises BadMessage naming what is
-    wrong and where. A batch (a JSON array) gives several rows, all of the topic's stream."""
+    wrong and where. A batch (a JSON array) gives several rows, all of the topic's stream; a grouped body (kind
+    `readings`, the topic's last level a sensor) gives a `reading` row per value, of streams `<sensor>.<key>`."""
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != prefix:
         raise BadMessage(f"topic {topic}: expected {prefix}/<agent>/<kind>/<stream>")
     _, agent, kind, stream = parts
-    if kind not in TABLES:
+    grouped = kind == GROUPED_KIND
+    if grouped:
+        kind = "reading"
+    elif kind not in TABLES:
         raise BadMessage(f"topic {topic}: expected a kind out of {', '.join(KINDS)}, found {kind!r}")
+    try:
+        payload = inflate(payload, f"topic {topic}")
+    except ValueError as e:
+        raise BadMessage(str(e)) from None
     try:
         body = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
@@ -149,14 +161,26 @@ def parse_message(topic: str, payload: bytes, prefix: str) -> tuple[str, str, st
     items = body if isinstance(body, list) else [body]
     if not items:
         raise BadMessage(f"topic {topic}: an empty batch")
+    if grouped:
+        if isinstance(body, dict) and body.get("sensor") != stream:
+            raise BadMessage(f"topic {topic}: sensor {body.get('sensor')!r:.40} contradicts the topic ({stream!r})")
+        try:
+            items = expand_grouped(body, f"topic {topic}")
+        except ValueError as e:
+            raise BadMessage(str(e)) from None
     rows = []
     for i, item in enumerate(items):
-        where = f"topic {topic}" + (f" [{i}]" if isinstance(body, list) else "")
+        where = f"topic {topic}" + (f" [{i}]" if isinstance(body, list) else
+                                    f" values.{item['stream'][len(stream) + 1:]}" if grouped else "")
         if not isinstance(item, dict):
             raise BadMessage(f"{where}: expected a JSON object, found {type(item).__name__}")
-        if item.get("agent") != agent or item.get("stream") != stream:
+        if grouped:
+            pass  # the stream comes from the topic's sensor and the value's key
+        elif item.get("agent") != agent or item.get("stream") != stream:
             raise BadMessage(f"{where}: agent/stream {item.get('agent')!r}/{item.get('stream')!r} "
                              f"contradict the topic ({agent!r}/{stream!r})")
+        if grouped and item.get("agent") != agent:
+            raise BadMessage(f"{where}: agent {item.get('agent')!r:.40} contradicts the topic ({agent!r})")
         seq = item.get("seq")
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise BadMessage(f"{where}.seq: expected an integer >= 0, found {seq!r:.40}")
@@ -189,7 +213,7 @@ def parse_message(topic: str, payload: bytes, prefix: str) -> tuple[str, str, st
                     check_gap_event(rest, where)
             else:
                 extra = (_dumps(rest),)
-        rows.append((agent, stream, seq, ts, quality, historical, *extra))
+        rows.append((agent, item["stream"] if grouped else stream, seq, ts, quality, historical, *extra))
     return agent, kind, stream, rows
 
 

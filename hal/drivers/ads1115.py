@@ -125,8 +125,15 @@ CHANNEL_OPTIONS = [
            "integrates the whole mains cycles they span, on their timestamps", in_range(16, 4096)),
     Option("mains_hz", (int, float), 50.0, "ct_clamp: mains frequency (50 or 60 Hz); the RMS covers whole cycles",
            in_range(10, 1000)),
-    Option("signal", str, "", "emulation only: the plant signal on this input"),
 ]
+
+
+def channel_schema() -> list[Option]:
+    """A channel table's options: the driver's own, then the emulation-only ones the emulated side declares for
+    "ads1115.channels" (`hal.emulated.drivers`, found through `hal.backends`)."""
+    from hal.backends import implementation
+
+    return CHANNEL_OPTIONS + implementation("driver-options", "emulated")("ads1115.channels")
 
 
 def _channels_check(v: Any) -> list[tuple[str, str]] | str | None:
@@ -138,7 +145,7 @@ def _channels_check(v: Any) -> list[tuple[str, str]] | str | None:
         if not isinstance(ch, dict):
             errors.append((f"[{i}]", "expected a table {name = ..., input = ...}"))
             continue
-        values, errs = parse_options(CHANNEL_OPTIONS, ch)
+        values, errs = parse_options(channel_schema(), ch)
         errors += [(f"[{i}].{k}", m) for k, m in errs]
         if values.get("name") in names:
             errors.append((f"[{i}].name", f"expected a unique channel name, {values['name']!r} repeats"))
@@ -157,15 +164,12 @@ class ADS1115(I2CSensor):
     ]
 
     def setup(self, options: Mapping[str, Any]) -> None:
-        self.chans = [parse_options(CHANNEL_OPTIONS, c)[0] for c in options["channels"]]
+        schema = channel_schema()
+        self.chans = [parse_options(schema, c)[0] for c in options["channels"]]
         for c in self.chans:
             c["range_v"] = float(c["range_v"])
             if not c["unit"]:
                 c["unit"] = {"voltage": "V", "loop_4_20ma": "", "ct_clamp": "A"}[c["kind"]]
-        model = self.dev.bus.chips.get(self.address) if hasattr(self.dev.bus, "chips") else None
-        if model is not None:
-            for c in self.chans:
-                model.wire(c)
 
     def channels(self) -> list[tuple[str, str]]:
         return [(f"{self.name}.{c['name']}", c["unit"]) for c in self.chans]

@@ -117,8 +117,6 @@ class ADXL345:
             raise ConfigurationError(f"{name}.rate_hz: {problem}")
         if problem:
             log.warning("%s.rate_hz: %s (exceed_bus_rate = true: going ahead)", name, problem)
-        if hasattr(i2c, "place"):
-            i2c.place(self.address, self.CHIP)
         self.dev = I2CDevice(i2c, self.address, self.CHIP)
         self.sleep = getattr(i2c, "sleep", time.sleep)
         self.clock = getattr(i2c, "clock", time.monotonic)
@@ -132,6 +130,7 @@ class ADXL345:
         self._next_t: float | None = None  # bus-clock time of the next expected sample (after a fault: loss)
         self._last_status_t: float | None = None  # bus-clock time of the last FIFO_STATUS read (FIFO then drained)
         self._wall0 = 0
+        i2c.prepare(self)  # an emulated bus places the chip model this driver expects (hal.emulated.drivers)
 
     # -- setup --------------------------------------------------------------------------------------------------
     def _init(self) -> None:

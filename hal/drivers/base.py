@@ -40,8 +40,6 @@ class I2CSensor:
         self.bus_name = bus
         i2c = open_i2c(context, bus, name)
         self.address = int(options["address"])
-        if hasattr(i2c, "place"):  # emulated bus: the chip this driver expects sits at its address
-            i2c.place(self.address, self.CHIP)
         self.dev = I2CDevice(i2c, self.address, self.CHIP)
         self.sleep = getattr(i2c, "sleep", time.sleep)
         self.clock = getattr(i2c, "clock", time.monotonic)
@@ -50,6 +48,7 @@ class I2CSensor:
         self.last_error: str | None = None
         self.counters = {"polls": 0, "good": 0, "bad": 0, "bus_errors": 0, "inits": 0}
         self.setup(self.options)
+        i2c.prepare(self)  # an emulated bus places and wires the chip this driver expects (hal.emulated.drivers)
 
     # -- for subclasses -----------------------------------------------------------------------------------------
     def setup(self, options: Mapping[str, Any]) -> None:

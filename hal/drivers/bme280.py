@@ -149,8 +149,6 @@ class BME280(I2CSensor):
         Option("oversampling_p", int, 1, "pressure oversampling 1..16", _osrs_check),
         Option("oversampling_h", int, 1, "humidity oversampling 1..16", _osrs_check),
         Option("filter", int, 0, "IIR filter coefficient", choices=tuple(FILTER)),
-        Option("emulate_signal", str, "cabinet_temperature",
-               "emulation only: the plant signal the temperature follows (e.g. bearing_temperature)"),
     ]
     CHANNELS = (("temperature", "degC"), ("humidity", "%RH"), ("pressure", "hPa"))
 
@@ -158,9 +156,6 @@ class BME280(I2CSensor):
         self.osrs = (options["oversampling_t"], options["oversampling_p"], options["oversampling_h"])
         self.filter = options["filter"]
         self.cal: Calibration | None = None
-        chip = self.dev.bus.chips.get(self.address) if hasattr(self.dev.bus, "chips") else None
-        if chip is not None:  # emulated: the chip model reads this plant signal
-            chip.temperature_signal = options["emulate_signal"]
 
     def init_chip(self) -> None:
         dev = self.dev

@@ -89,9 +89,6 @@ class INA219(I2CSensor):
         config = chip.PG.put(config, PG[self.pga])
         config = chip.BADC.put(chip.SADC.put(config, adc), adc)
         self.config = chip.MODE.put(config, chip.MODE_SHUNT_BUS_CONTINUOUS)
-        model = self.dev.bus.chips.get(self.address) if hasattr(self.dev.bus, "chips") else None
-        if model is not None:
-            model.shunt_ohm = self.shunt_ohm
 
     def init_chip(self) -> None:
         dev = self.dev

@@ -76,6 +76,15 @@ class EmulatedGpioBus:
         if plant is not None and clock is getattr(plant, "clock", None):
             self._t0 -= plant.now()  # pin time and plant time agree
 
+    def prepare(self, driver: Any) -> None:
+        """Drive an input driver's pin from its plant signal (`hal.emulated.drivers.GPIO_STIMULI`)."""
+        from hal.emulated.drivers import gpio_stimulus
+
+        stimulus = gpio_stimulus(driver)
+        if stimulus is not None:
+            kind, signal = stimulus
+            self.stimulate(driver.pin_name, kind, signal, active_high=driver.active_high)
+
     def pin(self, number: Any) -> EmulatedPin:
         return self.factory.pin(number)
 
@@ -153,4 +162,9 @@ class EmulatedGpioBus:
         self.factory.close()
 
 
-__all__ = ["EmulatedPin", "EmulatedPinFactory", "EmulatedGpioBus"]
+def emulated_gpio_bus(context: Any, name: str, bus_type: str, values: Any) -> EmulatedGpioBus:
+    """The ("gpio", "emulated") backend of `hal.backends`: mock pins stimulated from the context's plant."""
+    return EmulatedGpioBus(name, context.get_plant())
+
+
+__all__ = ["EmulatedPin", "EmulatedPinFactory", "EmulatedGpioBus", "emulated_gpio_bus"]

@@ -52,6 +52,15 @@ class EmulatedI2CBus:
                 self.attach(address, CHIP_MODELS[model](self.plant))
             return self.chips[address]
 
+    def prepare(self, driver: Any) -> Any:
+        """The chip model a driver expects, placed at its address and wired to the plant
+        (`hal.emulated.drivers.CHIP_PREPARATION`)."""
+        from hal.emulated.drivers import prepare_chip
+
+        chip = self.place(driver.address, driver.CHIP)
+        prepare_chip(chip, driver)
+        return chip
+
     def remove(self, address: int) -> None:
         with self.lock:
             self.chips.pop(address, None)
@@ -133,4 +142,9 @@ class EmulatedI2CBus:
         pass
 
 
-__all__ = ["EmulatedI2CBus"]
+def emulated_i2c_bus(context: Any, name: str, bus_type: str, values: dict[str, Any]) -> EmulatedI2CBus:
+    """The ("i2c", "emulated") backend of `hal.backends`: chips on the context's plant."""
+    return EmulatedI2CBus(name, plant=context.get_plant(), baudrate=int(values["baudrate"]))
+
+
+__all__ = ["EmulatedI2CBus", "emulated_i2c_bus"]

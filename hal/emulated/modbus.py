@@ -115,15 +115,17 @@ class EmulatedModbusServer:
     def _value(self, unit: int, reg: Register, t: float) -> Any:
         if (unit, reg.name) in self._values:
             return self._values[(unit, reg.name)]
-        if reg.signal and self.plant is not None:
+        emulation = dict(reg.emulation)  # hal.emulated.drivers: "modbus.registers"
+        signal, constant = emulation.get("signal", ""), emulation.get("emulate_value", 0)
+        if signal and self.plant is not None:
             try:
-                v = self.plant.signal(reg.signal, t)
+                v = self.plant.signal(signal, t)
             except KeyError:
-                return reg.emulate_value
+                return constant
             if reg.type == "bit" and reg.table not in BIT_TABLES:
                 return bool((int(v) >> reg.bit) & 1)
             return v
-        return reg.emulate_value
+        return constant
 
     async def _action(self, unit: int, fc: int, start: int, address: int, count: int, registers: list[int],
                       values: Any) -> Any:
@@ -290,8 +292,16 @@ class EmulatedModbusServer:
 
 def emulator_for(context: Any, bus: str, bus_type: str) -> EmulatedModbusServer:
     """The emulated server of an emulated Modbus bus, shared through the context."""
-    plant = context.get_plant()  # outside shared(): the context's lock is not re-entrant
+    plant = context.get_plant()
     return context.shared(f"modbus-emulator:{bus}", lambda: EmulatedModbusServer(bus, bus_type, plant))
 
 
-__all__ = ["EmulatedModbusServer", "emulator_for"]
+def emulated_modbus_bus(context: Any, name: str, bus_type: str, values: dict[str, Any]) -> Any:
+    """The ("modbus_tcp"/"modbus_rtu", "emulated") backend of `hal.backends`: a real `ModbusBus` client talking to
+    this bus's emulated server."""
+    from hal.modbus.client import ModbusBus
+
+    return ModbusBus(name, bus_type, values, emulator_for(context, name, bus_type))
+
+
+__all__ = ["EmulatedModbusServer", "emulator_for", "emulated_modbus_bus"]

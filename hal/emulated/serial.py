@@ -12,6 +12,7 @@ import select
 import threading
 import tty
 from collections.abc import Callable
+from typing import Any
 
 
 class PtyLink:
@@ -68,4 +69,11 @@ class PtyLink:
                 pass
 
 
-__all__ = ["PtyLink"]
+def emulated_serial_line(context: Any, name: str, bus_type: str, values: dict[str, Any]) -> Any:
+    """The ("serial", "emulated") backend of `hal.backends`: a `hal.serialbus.SerialLine` over a new pty pair."""
+    from hal.serialbus import SerialLine
+
+    return SerialLine(name, values, PtyLink(name))
+
+
+__all__ = ["PtyLink", "emulated_serial_line"]

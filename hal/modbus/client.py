@@ -7,8 +7,9 @@ garbled; the connection is dropped) or `BusError` (cannot connect / port gone). 
 serialised by a lock, so devices read from different threads never interleave on the wire. Defaults are sized for
 the field (timeout 0.5 s RTU / 1 s TCP, no immediate retries) rather than pymodbus's 3 s x 3 retries.
 
-For an emulated bus the client talks to the `hal.emulated.modbus.EmulatedModbusServer` of that bus (a pymodbus
-server on 127.0.0.1 or at the far end of a pty pair), started on first use.
+For an emulated bus (the ("modbus_tcp"/"modbus_rtu", "emulated") rows of `hal.backends`, never imported from here)
+the client talks to the `hal.emulated.modbus.EmulatedModbusServer` of that bus (a pymodbus server on 127.0.0.1 or
+at the far end of a pty pair), started on first use.
 """
 
 from __future__ import annotations
@@ -217,14 +218,16 @@ class ModbusBus:
 
 def modbus_bus(context: Any, bus: str | None, sensor: str = "modbus") -> ModbusBus:
     """The shared `ModbusBus` of a configured bus (emulated when the bus or the context says so)."""
+    from hal.backends import open_bus
     from hal.buses import bus_config
 
     bus_type, values, emulated = bus_config(context, bus, ("modbus_tcp", "modbus_rtu"), sensor)
-    emulator = None
-    if emulated:
-        from hal.emulated.modbus import emulator_for
-        emulator = emulator_for(context, bus, bus_type)
-    return context.shared(f"modbus:{bus}", lambda: ModbusBus(bus, bus_type, values, emulator))
+    return open_bus(context, "modbus", bus, bus_type, values, emulated)
 
 
-__all__ = ["ModbusBus", "modbus_bus", "crc16"]
+def real_modbus_bus(context: Any, name: str, bus_type: str, values: dict[str, Any]) -> ModbusBus:
+    """The ("modbus_tcp"/"modbus_rtu", "real") backend of `hal.backends`."""
+    return ModbusBus(name, bus_type, values)
+
+
+__all__ = ["ModbusBus", "modbus_bus", "real_modbus_bus", "crc16"]

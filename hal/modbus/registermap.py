@@ -59,9 +59,15 @@ REGISTER_OPTIONS = [
     Option("writable", bool, False, "accept writes (the `set` command, Sparkplug DCMD): holding registers and coils"),
     Option("min", (int, float), -math.inf, "lowest value a write may set (engineering units)"),
     Option("max", (int, float), math.inf, "highest value a write may set (engineering units)"),
-    Option("signal", str, "", "emulation only: the plant signal that drives this register"),
-    Option("emulate_value", (int, float, str, bool), 0, "emulation only: a constant value when there is no signal"),
 ]
+
+
+def register_schema() -> list[Option]:
+    """A register table's options: the map's own, then the emulation-only ones the emulated side declares for
+    "modbus.registers" (`hal.emulated.drivers`, found through `hal.backends`; kept in `Register.emulation`)."""
+    from hal.backends import implementation
+
+    return REGISTER_OPTIONS + implementation("driver-options", "emulated")("modbus.registers")
 
 
 @dataclass(frozen=True)
@@ -79,11 +85,10 @@ class Register:
     unit: str = ""
     interval_s: float = 0.0
     description: str = ""
-    signal: str = ""
-    emulate_value: Any = 0
     writable: bool = False
     min: float = -math.inf
     max: float = math.inf
+    emulation: tuple[tuple[str, Any], ...] = ()  # (key, value) of the emulation-only options, opaque to the real side
 
     @property
     def count(self) -> int:
@@ -213,11 +218,13 @@ def parse_registers(items: Any, *, byte_order: str = "big", word_order: str = "b
     if not isinstance(items, list) or not items:
         return [], [("", "expected a non-empty list of register tables")]
     names: dict[str, int] = {}
+    schema = register_schema()
+    emulation = schema[len(REGISTER_OPTIONS):]
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             errors.append((f"[{i}]", "expected a table with name, address, type ..."))
             continue
-        v, errs = parse_options(REGISTER_OPTIONS, item)
+        v, errs = parse_options(schema, item)
         errors.extend((f"[{i}].{k}", m) for k, m in errs)
         if errs:
             continue
@@ -256,8 +263,8 @@ def parse_registers(items: Any, *, byte_order: str = "big", word_order: str = "b
             type="bit" if v["table"] in BIT_TABLES else v["type"], length=v["length"], bit=v["bit"],
             byte_order=v["byte_order"] or byte_order, word_order=v["word_order"] or word_order,
             scale=float(v["scale"]), offset=float(v["offset"]), unit=v["unit"], interval_s=float(v["interval_s"]),
-            description=v["description"], signal=v["signal"], emulate_value=v["emulate_value"],
-            writable=bool(v["writable"]), min=float(v["min"]), max=float(v["max"]))
+            description=v["description"], writable=bool(v["writable"]), min=float(v["min"]), max=float(v["max"]),
+            emulation=tuple((o.name, v[o.name]) for o in emulation))
         if reg.writable and numeric:
             problem = next((f"[{i}].{k}: {m}" for k in ("min", "max") for m in [reg.encode_problem(v[k])] if m), None)
             if problem:

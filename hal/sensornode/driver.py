@@ -4,7 +4,8 @@ Owns the node's serial port: finding it (a path or a glob, each candidate identi
 than by /dev path), configuring it (rate, channels, block size), decoding its DATA frames into blocks in engineering
 units with host timestamps, and getting it back after a fault (noise, a reset node, unplug and re-enumeration)
 without the agent restarting. With `context.emulate` it starts the firmware itself in the emulator
-(hal.emulated.micropython) on a pty, its ADC reading the shared plant.
+(hal.emulated.micropython, found through the ("sensornode", "emulated") row of hal.backends) on a pty, its ADC
+reading the shared plant.
 
 Never raises from `read_block` for a link fault: it returns None, counts the fault in `counters`, reports the lost
 samples as the next block's `gap`, and keeps reconnecting with a bounded backoff.
@@ -152,8 +153,9 @@ class SensorNode:
     def open(self) -> None:
         self._closed = False
         if self.context.emulate and self.emulator is None:
-            from hal.emulated.micropython.runner import EmulatedNode
+            from hal.backends import implementation
 
+            EmulatedNode = implementation("sensornode", "emulated")  # noqa: N806 (a class, from the backend table)
             plant = self.context.get_plant()
             # registered with the context too, so HalContext.close() powers it off even if close() is never called
             self.emulator = self.context.shared(
