@@ -86,11 +86,11 @@ def main(recv_path: str, boots_path: str, final_path: str) -> int:
         total += len(qs)
         missing = sorted(set(range(min(qs), max(qs) + 1)) - qs - gaps.get(s, set()))
         if missing:
-            problems.append(f"{s}: seqs missing without a gap event: {missing[:20]}{' ...' if len(missing) > 20 else ''}"
-                            f" ({len(missing)})")
+            more = " ..." if len(missing) > 20 else ""
+            problems.append(f"{s}: seqs missing without a gap event: {missing[:20]}{more} ({len(missing)})")
         print(f"[lab]   {s}: seq {min(qs)}..{max(qs)}, {len(qs)} distinct, {len(gaps.get(s, set()))} in gap events")
-    print(f"[lab]   {len(msgs)} messages received, {total} distinct records, {len(final.get('unsent', []))} left unsent "
-          f"after the final drain, {len(boots)} boots checked")
+    print(f"[lab]   {len(msgs)} messages received, {total} distinct records, "
+          f"{len(final.get('unsent', []))} left unsent after the final drain, {len(boots)} boots checked")
     for p in problems:
         print(f"[lab]   FAILED: {p}", file=sys.stderr)
     return 1 if problems else 0

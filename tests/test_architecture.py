@@ -261,7 +261,7 @@ def test_ruff_passes() -> None:
     except ImportError:
         pytest.fail("ruff is not installed: pip install -e '.[test]'")
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "agent", "hal", "tests", "bench",
-                        "firmware"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "firmware", "lab"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
