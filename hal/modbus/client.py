@@ -112,44 +112,50 @@ class ModbusBus:
             self._close_client()
 
     # -- requests -----------------------------------------------------------------------------------------------
-    def read(self, table: str, start: int, count: int, unit: int) -> list[int] | list[bool]:
-        """Read `count` registers (or bits) of `table` from `start` on unit id `unit`."""
+    def _request(self, where: str, call: Any) -> Any:
+        """Send one request (`call()`) and return its answer; a timeout, a lost connection, a garbled answer or an
+        exception response is counted and raised as the matching `HalError`. Lock held."""
         from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+        self.counters["requests"] += 1
+        self._rx = b""
+        try:
+            response = call()
+        except ModbusIOException:
+            rx = self._rx
+            if self.type == "modbus_rtu" and len(rx) >= 4 and crc16(rx[:-2]) != rx[-2:]:
+                self.counters["crc_errors"] += 1
+                raise CrcError(f"{where}: CRC error in the answer ({rx.hex(' ')})") from None
+            self.counters["timeouts"] += 1
+            if self.type == "modbus_tcp":  # a late answer would be taken for the next request's: reconnect
+                self._close_client()
+            raise BusTimeout(f"{where}: no answer within {self.timeout_s:g} s") from None
+        except ConnectionException as e:
+            self.counters["connect_errors"] += 1
+            self._close_client()
+            raise BusError(f"{where}: connection lost ({e})") from None
+        except OSError as e:
+            self.counters["connect_errors"] += 1
+            self._close_client()
+            raise BusError(f"{where}: {e}") from None
+        except (ModbusException, ValueError, struct_error, IndexError) as e:  # a garbled or unexpected answer
+            self._protocol_error(f"{where}: protocol error: {e}")
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0) or 0)
+            self.counters["exceptions"] += 1
+            name = DeviceException.NAMES.get(code, "unknown exception")
+            raise DeviceException(f"{where}: exception {code} ({name})", code)
+        return response
+
+    def read(self, table: str, start: int, count: int, unit: int) -> list[int] | list[bool]:
+        """Read `count` registers (or bits) of `table` from `start` on unit id `unit`."""
         fc = _READ_FC[table]
         where = f"Modbus bus {self.name} unit {unit}: read {table} {start}+{count} (FC{fc:02d})"
         with self._lock:
             client = self._connect()
-            self.counters["requests"] += 1
-            self._rx = b""
             call = {1: client.read_coils, 2: client.read_discrete_inputs, 3: client.read_holding_registers,
                     4: client.read_input_registers}[fc]
-            try:
-                response = call(start, count=count, device_id=unit)
-            except ModbusIOException:
-                rx = self._rx
-                if self.type == "modbus_rtu" and len(rx) >= 4 and crc16(rx[:-2]) != rx[-2:]:
-                    self.counters["crc_errors"] += 1
-                    raise CrcError(f"{where}: CRC error in the answer ({rx.hex(' ')})") from None
-                self.counters["timeouts"] += 1
-                if self.type == "modbus_tcp":  # a late answer would be taken for the next request's: reconnect
-                    self._close_client()
-                raise BusTimeout(f"{where}: no answer within {self.timeout_s:g} s") from None
-            except ConnectionException as e:
-                self.counters["connect_errors"] += 1
-                self._close_client()
-                raise BusError(f"{where}: connection lost ({e})") from None
-            except OSError as e:
-                self.counters["connect_errors"] += 1
-                self._close_client()
-                raise BusError(f"{where}: {e}") from None
-            except (ModbusException, ValueError, struct_error, IndexError) as e:  # a garbled or unexpected answer
-                self._protocol_error(f"{where}: protocol error: {e}")
-            if response.isError():
-                code = int(getattr(response, "exception_code", 0) or 0)
-                self.counters["exceptions"] += 1
-                name = DeviceException.NAMES.get(code, "unknown exception")
-                raise DeviceException(f"{where}: exception {code} ({name})", code)
+            response = self._request(where, lambda: call(start, count=count, device_id=unit))
             # an answer of the wrong length is a protocol error for the whole read: its values are not trusted,
             # and never become "list index out of range" further up
             if table in ("coil", "discrete_input"):
@@ -184,35 +190,12 @@ class ModbusBus:
         self._write("coil", address, value, unit)
 
     def _write(self, what: str, address: int, value: Any, unit: int) -> None:
-        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
         where = f"Modbus bus {self.name} unit {unit}: write {what} {address}"
         with self._lock:
             client = self._connect()
-            self.counters["requests"] += 1
-            try:
-                fn = {"register": client.write_register, "registers": client.write_registers,
-                      "coil": client.write_coil}[what]
-                response = fn(address, value, device_id=unit)
-            except ModbusIOException:
-                self.counters["timeouts"] += 1
-                if self.type == "modbus_tcp":
-                    self._close_client()
-                raise BusTimeout(f"{where}: no answer within {self.timeout_s:g} s") from None
-            except ConnectionException as e:
-                self.counters["connect_errors"] += 1
-                self._close_client()
-                raise BusError(f"{where}: connection lost ({e})") from None
-            except OSError as e:
-                self.counters["connect_errors"] += 1
-                self._close_client()
-                raise BusError(f"{where}: {e}") from None
-            except (ModbusException, ValueError, struct_error, IndexError) as e:
-                self._protocol_error(f"{where}: protocol error: {e}")
-            if response.isError():
-                code = int(getattr(response, "exception_code", 0) or 0)
-                self.counters["exceptions"] += 1
-                raise DeviceException(f"{where}: exception {code} ({DeviceException.NAMES.get(code, '?')})", code)
+            fn = {"register": client.write_register, "registers": client.write_registers,
+                  "coil": client.write_coil}[what]
+            self._request(where, lambda: fn(address, value, device_id=unit))
             self.counters["responses"] += 1
 
 
