@@ -1307,15 +1307,8 @@ class OutboxView(OutboxReader):
     def select(self, streams: list[str] | None, after_id: int = 0, limit: int = 1000,
                before_ns: int | None = None) -> list[Record]:
         """Records with id > `after_id` (of `streams`, older than `before_ns` when given), oldest first."""
-        sql = "SELECT id, stream, seq, ts_ns, kind, quality, payload FROM records WHERE id > ?"
-        params: list[Any] = [after_id]
-        if streams:
-            sql += f" AND stream IN ({','.join('?' * len(streams))})"
-            params += streams
-        if before_ns is not None:
-            sql += " AND ts_ns < ?"
-            params.append(before_ns)
-        sql += " ORDER BY id LIMIT ?"
+        where, params = _record_filter("id > ?", [after_id], streams, before_ns)
+        sql = f"SELECT id, stream, seq, ts_ns, kind, quality, payload FROM records WHERE {where} ORDER BY id LIMIT ?"
         params.append(limit)
         return [Record(r[0], r[1], r[2], r[3], r[4], Quality(r[5]), json.loads(r[6]))
                 for r in self.conn.execute(sql, params).fetchall()]
@@ -1331,15 +1324,8 @@ class OutboxView(OutboxReader):
 
     def count_purgeable(self, streams: list[str] | None, before_ns: int | None) -> int:
         """How many records `Outbox.purge(streams, before_ns)` would delete (gap events are never purged)."""
-        sql = "SELECT COUNT(*) FROM records WHERE stream != ?"
-        params: list[Any] = [GAP_STREAM]
-        if streams:
-            sql += f" AND stream IN ({','.join('?' * len(streams))})"
-            params += streams
-        if before_ns is not None:
-            sql += " AND ts_ns < ?"
-            params.append(before_ns)
-        return int(self.conn.execute(sql, params).fetchone()[0])
+        where, params = _record_filter("stream != ?", [GAP_STREAM], streams, before_ns)
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM records WHERE {where}", params).fetchone()[0])
 
     def quick_check(self) -> str:
         """SQLite's `PRAGMA quick_check`: "ok", or what is damaged."""
@@ -1364,3 +1350,16 @@ def unpublished_lost(state_dir: Path) -> tuple[int, dict[str, int]]:
     if published is not None and int(published) >= gen:
         return gen, {}
     return gen, {s: v[0] for s, v in tally.items()}
+
+
+def _record_filter(first: str, params: list[Any], streams: list[str] | None,
+                   before_ns: int | None) -> tuple[str, list[Any]]:
+    """A WHERE clause on records: `first`, then only `streams` (when given), then older than `before_ns`."""
+    where, params = first, list(params)
+    if streams:
+        where += f" AND stream IN ({','.join('?' * len(streams))})"
+        params += streams
+    if before_ns is not None:
+        where += " AND ts_ns < ?"
+        params.append(before_ns)
+    return where, params
