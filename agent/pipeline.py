@@ -23,6 +23,7 @@ import numpy as np
 from agent.config import Config, SensorConfig
 from agent.outbox import Outbox
 from agent.processing import Processor, ValueBoard, make_processor
+from agent.realtime import RealtimePolicy, promote_reader, restore_process, tune_process
 from agent.records import Emit
 from agent.stats import Stats
 from agent.uplink import Uplink
@@ -42,14 +43,25 @@ class Reader(threading.Thread):
     """Reads one sensor and hands what it gets to the processing queue. Never dies of a sensor fault."""
 
     def __init__(self, sensor: SensorConfig, context: HalContext, out: queue.Queue[_Item], stats: Stats,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, realtime: RealtimePolicy | None = None) -> None:
         super().__init__(name=f"reader-{sensor.name}", daemon=True)
         self.sensor = sensor
         self.context = context
         self.out = out
         self.stats = stats
         self.stop_event = stop
+        self.realtime = realtime or RealtimePolicy.off()
+        self.scheduling = "default"
         self.source = open_source(sensor.driver, sensor.name, sensor.options, context, bus=sensor.bus)
+
+    def _latency(self) -> None:
+        """Publish how close a buffered stream source came to losing samples: its worst drain interval against
+        the time its buffer holds (`reader_latency_ms.<sensor>` vs `reader_slack_ms.<sensor>`)."""
+        worst = getattr(self.source, "worst_drain_interval_s", None)
+        if worst is not None:
+            name = self.sensor.name
+            self.stats.set(f"reader_latency_ms.{name}", round(worst * 1e3, 2))
+            self.stats.set(f"reader_slack_ms.{name}", round(self.source.buffer_slack_s * 1e3, 2))  # type: ignore
 
     def _deliver(self, data: Block | list[Reading]) -> None:
         try:
@@ -62,6 +74,10 @@ class Reader(threading.Thread):
         stage = f"reader.{self.sensor.name}"
         backoff = 1.0
         opened = False
+        if self.source.kind == "stream":  # a hardware FIFO waits for nobody: this thread goes first
+            self.scheduling = promote_reader(self.realtime)
+            self.stats.set(f"reader_scheduling.{self.sensor.name}", self.scheduling)
+            log.info("sensor %s: reader thread scheduled %s", self.sensor.name, self.scheduling)
         while not self.stop_event.is_set():
             self.stats.progress(stage)
             try:
@@ -74,6 +90,7 @@ class Reader(threading.Thread):
                     if block is not None:
                         self.stats.inc(f"samples.{self.sensor.name}", len(block))
                         self._deliver(block)
+                        self._latency()
                 else:
                     clock = self.context.clock  # real time, or plant time when emulating faster
                     t0 = clock.monotonic()
@@ -133,8 +150,10 @@ class Agent:
     """The running agent. `start()`, then `stop()`; `reload()` swaps the configuration while running."""
 
     def __init__(self, config: Config, state_dir: Path, *, config_path: str | None = None, clock: object = None,
-                 plant: object = None) -> None:
+                 plant: object = None, realtime: RealtimePolicy | None = None) -> None:
         self.config = config
+        self.realtime = RealtimePolicy() if realtime is None else realtime  # the readers' real-time budget
+        self._switch_interval: float | None = None
         self.clock = clock  # hal.clock for the sensors (None: real time); a scaled clock runs emulation faster
         self.plant = plant  # the emulated plant to use (None: each HalContext makes its own)
         self.config_path = config_path
@@ -158,11 +177,14 @@ class Agent:
         self.processors: dict[str, Processor] = {s.name: make_processor(s, self.board) for s in config.sensors}
         self._stop_readers = threading.Event()
         self._stop_processing = threading.Event()
-        self.readers = [Reader(s, self.context, self._queue, self.stats, self._stop_readers) for s in config.sensors]
+        self.readers = [Reader(s, self.context, self._queue, self.stats, self._stop_readers, self.realtime)
+                        for s in config.sensors]
         self._processing = threading.Thread(target=self._process, args=(self._stop_processing, self.processors),
                                             name="processing", daemon=True)
 
     def _start_acquisition(self) -> None:
+        if any(s.kind == "stream" for s in self.config.sensors) and self._switch_interval is None:
+            self._switch_interval = tune_process(self.realtime)
         self._processing.start()
         for r in self.readers:
             r.start()
@@ -178,6 +200,8 @@ class Agent:
         if self._processing.is_alive():
             self._processing.join(10.0)
         self.context.close()
+        restore_process(self._switch_interval)
+        self._switch_interval = None
 
     def _attach_commands(self) -> None:
         if self.config.commands.enabled:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +81,7 @@ def setup(broker, tmp_path: Path):
     agent.start()
     assert wait(lambda: agent.stats.get("link") == "up")
     console = Console(broker.port)
-    time.sleep(0.3)  # the agent's command subscription is made on connect
+    assert wait(lambda: agent.stats.get("uplink_subscriptions") >= 1)  # the broker acknowledged the cmd topic
     yield agent, console, path
     console.close()
     agent.stop()
@@ -146,7 +145,7 @@ def test_not_allowed_command(broker, tmp_path: Path) -> None:
     console = Console(broker.port)
     try:
         assert wait(lambda: agent.stats.get("link") == "up")
-        time.sleep(0.3)
+        assert wait(lambda: agent.stats.get("uplink_subscriptions") >= 1)
         r = console.send("reload", {"id": 1})
         assert r is not None and r["error"]["code"] == "not_allowed"
     finally:
@@ -232,7 +231,7 @@ def writable(broker, tmp_path: Path):
     agent.start()
     assert wait(lambda: agent.stats.get("link") == "up")
     console = Console(broker.port)
-    time.sleep(0.3)
+    assert wait(lambda: agent.stats.get("uplink_subscriptions") >= 1)
     yield agent, console
     console.close()
     agent.stop()

@@ -114,7 +114,7 @@ def test_broker_down_at_start_buffers_then_drains_in_order_none_twice(subscriber
     finally:
         agent.stop(drain_s=15)  # generous: on a loaded machine the last records need a moment
         stopped_depth = agent.outbox.depth
-    sub.wait_for(lambda s: s.snapshot()[-1].topic.endswith("/status"), 5)
+    sub.wait_for(lambda s: s.snapshot()[-1].topic.endswith("/status"), 30)  # the offline status comes last
     records = sub.records()
     seqs = by_stream(records)
     for stream, s in seqs.items():
