@@ -177,10 +177,28 @@ class Agent:
         self.processors: dict[str, Processor] = {s.name: make_processor(s, self.board) for s in config.sensors}
         self._stop_readers = threading.Event()
         self._stop_processing = threading.Event()
-        self.readers = [Reader(s, self.context, self._queue, self.stats, self._stop_readers, self.realtime)
-                        for s in config.sensors]
+        self.readers = [self._reader(s) for s in config.sensors]
         self._processing = threading.Thread(target=self._process, args=(self._stop_processing, self.processors),
                                             name="processing", daemon=True)
+
+    def _reader(self, s: SensorConfig) -> Reader:
+        process = self.realtime.process
+        if process is None:  # real buses only: an emulated chip in another process would not see our plant
+            table = self.context.buses.get(s.bus or "") or {}
+            process = not (self.context.emulate or s.driver.startswith("emulated.")
+                           or table.get("backend", "real") == "emulated")
+        if s.kind == "stream" and process:
+            from agent.acquisition import ProcessReader
+
+            def deliver(block: Block, name: str = s.name) -> None:
+                try:
+                    self._queue.put_nowait(_Item(name, block))
+                except queue.Full:
+                    self.stats.inc("processing_queue_full")
+                    self.stats.inc(f"dropped.{name}")
+            return ProcessReader(s, self.context, deliver, self.stats, self._stop_readers,  # type: ignore
+                                 self.realtime)
+        return Reader(s, self.context, self._queue, self.stats, self._stop_readers, self.realtime)
 
     def _start_acquisition(self) -> None:
         if any(s.kind == "stream" for s in self.config.sensors) and self._switch_interval is None:

@@ -9,6 +9,8 @@ bench/bench_acquisition.py:
 
 * `tune_process`: a shorter GIL switch interval (1 ms) for the whole process while stream sensors run, so a woken
   reader waits at most about a millisecond for a busy Python thread to let go;
+* `RealtimePolicy.process`: each stream sensor read in a process of its own (agent.acquisition), so no other
+  Python thread can hold the GIL its reader waits for;
 * `promote_reader`: called by a stream reader on its own thread: SCHED_FIFO (when the process may: root or
   CAP_SYS_NICE, and not under systemd's RestrictRealtime=), else a negative per-thread nice (Linux keeps a nice value
   per thread; lowering it needs CAP_SYS_NICE or RLIMIT_NICE), else nothing. It never fails: it says what it got.
@@ -35,10 +37,13 @@ class RealtimePolicy:
     switch_interval_s: float | None = 0.001  # None: keep Python's default (5 ms)
     fifo_priority: int | None = 10  # SCHED_FIFO priority for stream readers (1..99); None: do not try
     nice: int | None = -10  # per-thread nice tried when SCHED_FIFO is refused; None: do not try
+    # read each stream sensor in its own process (agent.acquisition): no GIL shared with the rest of the agent.
+    # None: on real buses only (an emulated sensor in a child process would not see the agent's plant and scenario)
+    process: bool | None = None
 
     @classmethod
     def off(cls) -> "RealtimePolicy":
-        return cls(switch_interval_s=None, fifo_priority=None, nice=None)
+        return cls(switch_interval_s=None, fifo_priority=None, nice=None, process=False)
 
 
 def tune_process(policy: RealtimePolicy) -> float | None:

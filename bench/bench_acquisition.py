@@ -15,7 +15,8 @@ scheduling: what the agent did before it had a real-time budget); `realtime` = R
 interval, SCHED_FIFO readers when permitted, else nice -10, else nothing); `nice` = 1 ms switch interval and
 nice -10 readers without trying SCHED_FIFO (what a unit with CAP_SYS_NICE but RestrictRealtime=yes gets);
 `switch` = only the 1 ms switch interval (what an unprivileged agent gets); `fifo` = SCHED_FIFO readers with
-Python's default switch interval.
+Python's default switch interval; `process` = each stream sensor read in a process of its own
+(agent.acquisition), SCHED_FIFO when permitted.
 
 Per stream sensor it reports samples read, samples lost (the driver's count; the emulated chip's own count of what it
 really discarded in brackets), the share lost, the worst drain interval against the FIFO's slack (32 entries /
@@ -48,15 +49,18 @@ POLICIES = {
     "nice": RealtimePolicy(fifo_priority=None),
     "fifo": RealtimePolicy(switch_interval_s=None),
     "realtime": RealtimePolicy(),
+    "process": RealtimePolicy(process=True),
 }
 
 
-def _busy() -> None:  # a CPU-bound competitor
+def _busy(nice: int = 0) -> None:  # a CPU-bound competitor
+    os.nice(nice)
     while True:
         pass
 
 
-def _io(path: str) -> None:  # an I/O-heavy competitor: 1 MiB written and fsynced, again and again
+def _io(path: str, nice: int = 0) -> None:  # an I/O-heavy competitor: 1 MiB written and fsynced, again and again
+    os.nice(nice)
     block = os.urandom(1 << 20)
     with open(path, "wb") as f:
         while True:
@@ -66,12 +70,12 @@ def _io(path: str) -> None:  # an I/O-heavy competitor: 1 MiB written and fsynce
             os.fsync(f.fileno())
 
 
-def start_load(load: str, tmp: Path) -> list[mp.Process]:
+def start_load(load: str, tmp: Path, nice: int = 0) -> list[mp.Process]:
     ctx = mp.get_context("fork")
     if load == "io":
-        procs = [ctx.Process(target=_io, args=(str(tmp / "io.bin"),), daemon=True)]
+        procs = [ctx.Process(target=_io, args=(str(tmp / "io.bin"), nice), daemon=True)]
     else:
-        procs = [ctx.Process(target=_busy, daemon=True) for _ in range(int(load))]
+        procs = [ctx.Process(target=_busy, args=(nice,), daemon=True) for _ in range(int(load))]
     for p in procs:
         p.start()
     return procs
@@ -100,13 +104,13 @@ def load_config(path: Path, port: int, rate: int | None, watermark: int | None =
 
 
 def run_once(config_path: Path, policy: str, load: str, duration: float, rate: int | None, port: int,
-             tmp: Path, watermark: int | None = None) -> list[dict[str, Any]]:
+             tmp: Path, watermark: int | None = None, load_nice: int = 0) -> list[dict[str, Any]]:
     from agent.config import parse
     from agent.pipeline import Agent
 
     config = parse(load_config(config_path, port, rate, watermark), f"{config_path} (bench)")
     state = Path(tempfile.mkdtemp(dir=tmp, prefix="state-"))
-    procs = start_load(load, tmp)
+    procs = start_load(load, tmp, load_nice)
     load0 = os.getloadavg()[0]
     agent = Agent(config, state, realtime=POLICIES[policy])
     try:
@@ -125,16 +129,16 @@ def run_once(config_path: Path, policy: str, load: str, duration: float, rate: i
         samples = int(agent.stats.get(f"samples.{r.sensor.name}", 0))
         lost = int(counters.get("lost_samples", 0))
         chip = None
-        dev = getattr(src, "dev", None)
+        dev = getattr(src, "dev", None)  # (a process reader's chip lives in its child: not reachable here)
         if dev is not None:
             chip = getattr(dev.bus, "chips", {}).get(dev.address)
         rows.append({
             "sensor": r.sensor.name, "rate": src.rate_hz, "policy": policy, "load": load,
             "samples": samples, "lost": lost, "discarded": getattr(chip, "discarded", None),
             "share": lost / max(1, samples + lost),
-            "worst_ms": getattr(src, "worst_drain_interval_s", float("nan")) * 1e3,
+            "worst_ms": (getattr(src, "worst_drain_interval_s", None) or float("nan")) * 1e3,
             "slack_ms": getattr(src, "buffer_slack_s", float("nan")) * 1e3,
-            "late_ms": getattr(src, "worst_wake_late_s", float("nan")) * 1e3,
+            "late_ms": (getattr(src, "worst_wake_late_s", None) or float("nan")) * 1e3,
             "sched": r.scheduling, "loadavg": f"{load0:.1f}->{load1:.1f}",
         })
     return rows
@@ -148,6 +152,8 @@ def main() -> int:
     ap.add_argument("--loads", default=None, help="comma-separated: 0, 1, 2 (CPU-bound processes), io")
     ap.add_argument("--policies", default="reference,realtime", help=f"comma-separated: {', '.join(POLICIES)}")
     ap.add_argument("--watermark", type=int, default=None, help="ADXL345 FIFO watermark (default: the config's)")
+    ap.add_argument("--load-nice", type=int, default=0, help="run the competitors this much nicer than the agent "
+                    "(what the unit's Nice=-N gives the agent against services at nice 0)")
     ap.add_argument("--rates", default="", help="comma-separated ADXL345 rates to try (default: the config's)")
     args = ap.parse_args()
     duration = 10.0 if args.quick and args.duration == 60.0 else args.duration
@@ -161,7 +167,7 @@ def main() -> int:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".venv" / "numba-cache"))
     print(f"# {args.config.name}, {duration:g} s per run at 1x; {os.cpu_count()} CPUs; "
           f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; pid {os.getpid()} "
-          f"nice {os.nice(0)}", flush=True)
+          f"nice {os.nice(0)}; competitors at +{args.load_nice}", flush=True)
     header = (f"{'sensor':<18} {'rate':>5} {'policy':<9} {'load':>4} {'samples':>8} {'lost':>6} {'(chip)':>7} "
               f"{'lost %':>7} {'worst ms':>8} {'slack ms':>8} {'late ms':>7}  {'loadavg':<11} scheduling")
     print(header)
@@ -175,7 +181,7 @@ def main() -> int:
                 for load in loads:
                     for policy in policies:
                         for row in run_once(args.config, policy, load, duration, rate, port, tmp,
-                                                args.watermark):
+                                                args.watermark, args.load_nice):
                             print(f"{row['sensor']:<18} {row['rate']:>5g} {row['policy']:<9} {row['load']:>4} "
                                   f"{row['samples']:>8} {row['lost']:>6} {str(row['discarded']):>7} "
                                   f"{row['share'] * 100:>6.2f}% {row['worst_ms']:>8.1f} {row['slack_ms']:>8.1f} "
