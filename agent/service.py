@@ -649,6 +649,10 @@ class Service:
                 "streams": {n: streams[n] for n in names},
                 "errors": snap.get(f"reader_errors.{s.name}", 0) + snap.get(f"processing_errors.{s.name}", 0),
                 "dropped": snap.get(f"dropped.{s.name}", 0),
+                # a buffered stream reader: its worst drain interval against what its FIFO holds (agent.realtime)
+                "reader": ({"worst_drain_ms": snap.get(f"reader_latency_ms.{s.name}"),
+                            "slack_ms": snap.get(f"reader_slack_ms.{s.name}"),
+                            "scheduling": snap.get(f"reader_scheduling.{s.name}")} if s.kind == "stream" else None),
             })
         claimed = {n for s in cfg.sensors for n in sensor_streams(s, list(streams))}
         uplink = agent.uplink

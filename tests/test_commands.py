@@ -16,6 +16,8 @@ from agent.config import load
 from agent.pipeline import Agent
 from tests.agent_helpers import wait
 
+pytestmark = pytest.mark.slow  # whole agents answering commands through a broker
+
 CONFIG = """
 [agent]
 id = "c1"

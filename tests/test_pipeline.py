@@ -10,8 +10,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from tests.agent_helpers import run_agent, small_config, wait
 from tests.mqtt_helpers import MosquittoBroker, by_stream, free_port
+
+pytestmark = pytest.mark.slow  # whole agents against a broker, restarts
 
 
 def _assert_contract(rec: dict, agent_id: str) -> None:

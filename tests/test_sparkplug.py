@@ -22,6 +22,8 @@ from agent.config import SparkplugConfig, parse  # noqa: E402
 from agent.pipeline import Agent  # noqa: E402
 from tests.agent_helpers import wait  # noqa: E402
 
+pytestmark = pytest.mark.slow  # whole agents against a broker and a Sparkplug host
+
 GROUP, NODE = "plant1", "press7"
 
 

@@ -18,6 +18,8 @@ import pytest
 from tests.agent_helpers import run_agent, small_config, wait
 from tests.mqtt_helpers import MosquittoBroker, by_stream, free_port
 
+pytestmark = pytest.mark.slow  # broker outages, kill -9 and restarts of the agent
+
 
 def check_complete(records: list[dict], expected_next: dict[str, int] | None = None) -> int:
     """No gaps per stream (from 0, or up to expected_next); returns the number of duplicates."""

@@ -34,6 +34,8 @@ from hal.emulated.scenario import ScenarioRunner, parse as parse_scenario
 from tests.agent_helpers import wait
 from tests.mqtt_helpers import MosquittoBroker, Subscriber, by_stream, free_port
 
+pytestmark = pytest.mark.slow  # 200 s of plant time with every bus emulated and a real broker
+
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = 4.0
 SCENARIO = """
