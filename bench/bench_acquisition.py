@@ -16,7 +16,8 @@ interval, SCHED_FIFO readers when permitted, else nice -10, else nothing); `nice
 nice -10 readers without trying SCHED_FIFO (what a unit with CAP_SYS_NICE but RestrictRealtime=yes gets);
 `switch` = only the 1 ms switch interval (what an unprivileged agent gets); `fifo` = SCHED_FIFO readers with
 Python's default switch interval; `process` = each stream sensor read in a process of its own
-(agent.acquisition), SCHED_FIFO when permitted.
+(agent.acquisition), SCHED_FIFO when permitted; `process-default` = the same without asking for any priority (an
+unprivileged agent: systemd's unit without LimitRTPRIO=).
 
 Per stream sensor it reports samples read, samples lost (the driver's count; the emulated chip's own count of what it
 really discarded in brackets), the share lost, the worst drain interval against the FIFO's slack (32 entries /
@@ -50,6 +51,7 @@ POLICIES = {
     "fifo": RealtimePolicy(switch_interval_s=None),
     "realtime": RealtimePolicy(),
     "process": RealtimePolicy(process=True),
+    "process-default": RealtimePolicy(process=True, fifo_priority=None, nice=None),
 }
 
 
@@ -98,6 +100,7 @@ def load_config(path: Path, port: int, rate: int | None, watermark: int | None =
                 s["rate_hz"] = rate
                 s["window"] = s["hop"] = rate
                 s["block_size"] = max(1, rate // 2)
+                s["exceed_bus_rate"] = True  # above the data sheet's I2C figure: measured anyway, host side only
             if watermark and s.get("driver") == "adxl345":
                 s["watermark"] = watermark
     return raw
