@@ -31,7 +31,10 @@ log = logging.getLogger("edge_agent.acquisition")
 
 
 def _snapshot(source: Any) -> dict[str, Any]:
+    dev = getattr(source, "dev", None)
+    chip = getattr(getattr(dev, "bus", None), "chips", {}).get(getattr(dev, "address", None))
     return {"counters": dict(getattr(source, "counters", {}) or {}),
+            "discarded": getattr(chip, "discarded", None),  # an emulated chip's own count of lost samples
             "worst_drain_interval_s": getattr(source, "worst_drain_interval_s", None),
             "worst_wake_late_s": getattr(source, "worst_wake_late_s", None),
             "last_error": getattr(source, "last_error", None)}
@@ -76,12 +79,14 @@ class _SourceView:
         self.worst_drain_interval_s: float | None = None
         self.worst_wake_late_s: float | None = None
         self.last_error: str | None = None
+        self.discarded: int | None = None  # emulated chips only: what the chip in the child really lost
 
     def update(self, snap: dict[str, Any]) -> None:
         self.counters = snap["counters"]
         self.worst_drain_interval_s = snap["worst_drain_interval_s"]
         self.worst_wake_late_s = snap["worst_wake_late_s"]
         self.last_error = snap["last_error"]
+        self.discarded = snap.get("discarded")
 
 
 class ProcessReader(threading.Thread):

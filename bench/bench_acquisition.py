@@ -132,12 +132,13 @@ def run_once(config_path: Path, policy: str, load: str, duration: float, rate: i
         samples = int(agent.stats.get(f"samples.{r.sensor.name}", 0))
         lost = int(counters.get("lost_samples", 0))
         chip = None
-        dev = getattr(src, "dev", None)  # (a process reader's chip lives in its child: not reachable here)
+        dev = getattr(src, "dev", None)  # a process reader's chip lives in its child: it reports `discarded`
         if dev is not None:
             chip = getattr(dev.bus, "chips", {}).get(dev.address)
         rows.append({
             "sensor": r.sensor.name, "rate": src.rate_hz, "policy": policy, "load": load,
-            "samples": samples, "lost": lost, "discarded": getattr(chip, "discarded", None),
+            "samples": samples, "lost": lost,
+            "discarded": getattr(chip, "discarded", getattr(src, "discarded", None)),
             "share": lost / max(1, samples + lost),
             "worst_ms": (getattr(src, "worst_drain_interval_s", None) or float("nan")) * 1e3,
             "slack_ms": getattr(src, "buffer_slack_s", float("nan")) * 1e3,
