@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.records import iso_ts
+from hal.options import describe_number, finite_problem
 from hal.types import now_ns
 
 if TYPE_CHECKING:
-    from agent.pipeline import Agent
+    from agent.pipeline import Pipeline
 
 audit = logging.getLogger("edge_agent.audit")
 KNOWN = ("ping", "capture", "set", "reload")
@@ -41,7 +42,7 @@ class CommandError(Exception):
 
 
 class CommandHandler:
-    def __init__(self, agent: "Agent", queue_size: int = 32) -> None:
+    def __init__(self, agent: "Pipeline", queue_size: int = 32) -> None:
         self.agent = agent
         self.config = agent.config.commands
         self._queue: queue.Queue[tuple[str, bytes, bool] | None] = queue.Queue(maxsize=queue_size)
@@ -141,6 +142,8 @@ class CommandHandler:
             raise CommandError("bad_argument", str(e)) from None
         except TimeoutError as e:
             raise CommandError("timeout", str(e)) from None
+        except RuntimeError as e:  # CaptureBusy
+            raise CommandError("busy", str(e)) from None
         return {"stream": emit.stream, "samples": emit.payload["n"], "rate_hz": emit.payload["rate_hz"]}
 
     def _cmd_set(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +153,12 @@ class CommandHandler:
         if "value" not in request:
             raise CommandError("bad_argument", "expected \"value\"")
         value = request["value"]
+        problem = finite_problem(value)  # NaN/Infinity (Python's json accepts them), integers too large for a float
+        if problem:
+            raise CommandError("out_of_range", f"{problem}, got {describe_number(value)}")
+        if not isinstance(value, (bool, int, float, str)):
+            raise CommandError("bad_argument", f"expected \"value\": a number, true/false or a string, got "
+                                               f"{type(value).__name__}")
         reader, channel = self._resolve(target)
         write = getattr(reader.source, "write", None)
         if write is None:

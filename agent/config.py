@@ -26,16 +26,20 @@ from urllib.parse import urlsplit
 from agent.errors import ConfigError
 from agent.signal.schema import validate_features
 from hal.errors import ConfigurationError
-from hal.options import REQUIRED, Option, in_range, non_negative, parse_options, positive
+from hal.options import REQUIRED, Option, at_most, in_range, non_negative, parse_options
 from hal.sources import DRIVERS, driver_class, validate_driver_options
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
 DEMO_CONFIG_NAME = "demo.toml"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # always fullmatch: `$` would accept a trailing newline
+SECRET_FILE_MAX_BYTES = 64 * 1024
+CONFIG_MAX_BYTES = 4 * 1024 * 1024
+MAX_BLOCK_S = 60.0  # a stream driver's block must fill within this
+MAX_WINDOW_S = 86400.0  # a feature window within a day
 
 
 def _name_check(v: Any) -> str | None:
-    return None if _NAME_RE.match(v) else (
+    return None if _NAME_RE.fullmatch(v) else (
         "expected a name of letters, digits, '_', '-' or '.' (no '/', '+', '#' or spaces), at most 64 characters")
 
 
@@ -65,6 +69,12 @@ class Broker:
             raise ValueError(f"expected a broker URL like mqtt://HOST:PORT, got {url!r}")
         if parts.path not in ("", "/"):
             raise ValueError(f"expected no path in the broker URL, got {parts.path!r}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"expected no query or fragment in the broker URL, got {url!r}")
+        if parts.username is not None or parts.password is not None:
+            # refused rather than silently ignored (or logged with the URL): credentials have their own keys
+            raise ValueError("expected no user name or password in the broker URL; use mqtt.username and "
+                             "mqtt.password_file (or password_env)")
         return cls(parts.hostname, port or (8883 if tls else 1883), tls)
 
 
@@ -103,7 +113,7 @@ class SparkplugConfig:
     group_id: str = ""
     edge_node_id: str = ""  # default: the agent id
     primary_host_id: str = ""  # wait for this host's STATE before BIRTH; empty: no primary host
-    data_qos: int = 1  # the spec says 0; 1 keeps the outbox's at-least-once guarantee up to the broker
+    data_qos: int = 0  # the spec's QoS 0; 1 is an opt-in deviation (README, "Sparkplug B 3.0": durability)
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,7 @@ class OutboxConfig:
     max_mb: float = 256.0
     policy: str = "drop_oldest"
     max_age_h: float = 0.0  # 0: no age bound
+    min_free_mb: float = 4.0  # free-space floor on the state directory's file system (0: off)
 
 
 @dataclass(frozen=True)
@@ -183,9 +194,9 @@ _MQTT_OPTIONS = [
     Option("client_id", str, "", "MQTT client id (default edge-agent-<id>)"),
     Option("keepalive_s", int, 30, "MQTT keep-alive in seconds", in_range(5, 3600)),
     Option("inflight", int, 64, "QoS 1 messages awaiting PUBACK at most", in_range(1, 65535)),
-    Option("reconnect_min_s", (int, float), 0.5, "first reconnect delay", positive),
-    Option("reconnect_max_s", (int, float), 30.0, "reconnect delay cap", positive),
-    Option("connect_timeout_s", (int, float), 10.0, "TCP connect timeout", positive),
+    Option("reconnect_min_s", (int, float), 0.5, "first reconnect delay", at_most(3600)),
+    Option("reconnect_max_s", (int, float), 30.0, "reconnect delay cap", at_most(3600)),
+    Option("connect_timeout_s", (int, float), 10.0, "TCP connect timeout", at_most(300)),
     Option("protocol", str, "3.1.1", "MQTT protocol version", choices=("3.1.1", "5")),
     Option("username", str, "", "user name"),
     Option("password", str, "", "password (prefer password_file or password_env)"),
@@ -205,10 +216,11 @@ _SPARKPLUG_ID = (lambda v: None if v and not set(v) & set("/+#") else
 _SPARKPLUG_OPTIONS = [
     Option("group_id", str, "", "Sparkplug group id (required with mqtt.format = \"sparkplug\")",
            lambda v: None if not v else _SPARKPLUG_ID(v)),
-    Option("edge_node_id", str, "", "edge node id (default: the agent id)", lambda v: None if not v else _SPARKPLUG_ID(v)),
+    Option("edge_node_id", str, "", "edge node id (default: the agent id)",
+           lambda v: None if not v else _SPARKPLUG_ID(v)),
     Option("primary_host_id", str, "", "primary host application id to wait for",
            lambda v: None if not v else _SPARKPLUG_ID(v)),
-    Option("data_qos", int, 1, "QoS of BIRTH/DATA messages (the spec says 0; 1 keeps at-least-once delivery)",
+    Option("data_qos", int, 0, "QoS of BIRTH/DATA messages (0 as the spec says; 1: PUBACK per message)",
            choices=(0, 1)),
 ]
 _COMMANDS_OPTIONS = [
@@ -217,23 +229,26 @@ _COMMANDS_OPTIONS = [
            lambda v: None if all(x in ("ping", "capture", "set", "reload") for x in v)
            else "expected a list of ping, capture, set, reload"),
     Option("max_bytes", int, 4096, "largest command body accepted", in_range(16, 1 << 20)),
-    Option("capture_max_s", (int, float), 10.0, "longest raw capture a command may ask for", positive),
+    Option("capture_max_s", (int, float), 10.0, "longest raw capture a command may ask for",
+           at_most(60)),
 ]
 _OUTBOX_OPTIONS = [
     Option("commit_interval_ms", int, 200, "group-commit window", in_range(1, 60000)),
     Option("commit_max_records", int, 500, "commit early after this many records", in_range(1, 1000000)),
     Option("synchronous", str, "full", "SQLite synchronous mode", choices=("full", "normal", "extra", "off")),
-    Option("max_mb", (int, float), 256.0, "outbox size bound in MB", positive),
+    Option("max_mb", (int, float), 256.0, "outbox size bound in MB", at_most(1_000_000)),
     Option("max_age_h", (int, float), 0.0, "drop records older than this many hours (0: keep until sent)",
-           non_negative),
+           at_most(24 * 366 * 10, positive_only=False)),
     Option("policy", str, "drop_oldest", "what to drop when the outbox is full",
            choices=("drop_oldest", "drop_newest")),
+    Option("min_free_mb", (int, float), 4.0, "keep this much of the file system free: below it the policy drops "
+           "records before SQLite runs out of space (0: off)", non_negative),
 ]
 _SENSOR_GENERIC = [
     Option("name", str, REQUIRED, "the sensor's name, used as its stream name", _name_check),
     Option("driver", str, REQUIRED, "the driver, e.g. emulated.vibration"),
     Option("bus", str, "", "the bus it is wired to (a [buses.NAME] table)"),
-    Option("interval_s", (int, float), 1.0, "poll interval of a slow sensor", positive),
+    Option("interval_s", (int, float), 1.0, "poll interval of a slow sensor", at_most(86400)),
     Option("window", int, 4096, "samples per feature window of a stream sensor", in_range(8, 1 << 22)),
     Option("hop", int, 0, "samples between window starts (default: the window, no overlap)", non_negative),
     Option("features", dict, {}, "feature settings"),
@@ -273,7 +288,7 @@ def _table(raw: Mapping[str, Any], key: str, problems: _Problems) -> Mapping[str
 def default_agent_id() -> str:
     host = os.uname().nodename.split(".")[0] or "edge"
     cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", host)[:64]
-    return cleaned if _NAME_RE.match(cleaned) else "edge"
+    return cleaned if _NAME_RE.fullmatch(cleaned) else "edge"
 
 
 def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest: str = "") -> Config:
@@ -385,6 +400,18 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
         hop = g.get("hop", 0) or window
         if kind == "stream" and hop > window * 64:
             problems.add(f"{path}.hop", f"expected at most 64 windows ({window * 64}), got {hop}")
+        rate = values.get("rate_hz") if not errs else None
+        if kind == "stream" and isinstance(rate, (int, float)) and rate > 0:
+            # a block or a window that takes longer than this to fill looks like a dead sensor, not a slow one
+            block = values.get("block_size")
+            if isinstance(block, int) and block / rate > MAX_BLOCK_S:
+                problems.add(f"{path}.block_size",
+                             f"expected a block that fills within {MAX_BLOCK_S:g} s at {rate:g} Hz "
+                             f"(at most {int(rate * MAX_BLOCK_S)} samples), got {block}")
+            if window / rate > MAX_WINDOW_S:
+                problems.add(f"{path}.window",
+                             f"expected a window that fills within {MAX_WINDOW_S:g} s at {rate:g} Hz "
+                             f"(at most {int(rate * MAX_WINDOW_S)} samples), got {window}")
         if name and driver and not errs:
             sensors.append(SensorConfig(name=name, driver=driver, kind=kind, options=values, bus=g.get("bus") or None,
                                         interval_s=float(g.get("interval_s", 1.0)), window=window, hop=hop,
@@ -426,10 +453,13 @@ def _resolve_secrets(mqtt_v: dict[str, Any], problems: _Problems) -> None:
     if mqtt_v.get("password_file"):
         path = mqtt_v["password_file"]
         try:
-            with open(path, encoding="utf-8") as f:
-                mqtt_v["password"] = f.readline().rstrip("\r\n")
-        except OSError as e:
-            problems.add("mqtt.password_file", f"expected a readable file, cannot read {path!r}: {e.strerror or e}")
+            text = read_small_file(path)
+        except ValueError as e:
+            problems.add("mqtt.password_file", str(e))
+        else:
+            mqtt_v["password"] = text.split("\n", 1)[0].rstrip("\r")
+            if not mqtt_v["password"]:
+                problems.add("mqtt.password_file", f"expected the password on the first line of {path!r}, it is empty")
     elif mqtt_v.get("password_env"):
         name = mqtt_v["password_env"]
         if name not in os.environ:
@@ -438,6 +468,52 @@ def _resolve_secrets(mqtt_v: dict[str, Any], problems: _Problems) -> None:
             mqtt_v["password"] = os.environ[name]
     if mqtt_v.get("password") and not mqtt_v.get("username"):
         problems.add("mqtt.username", "expected a user name with the password")
+
+
+def read_small_file(path: str, max_bytes: int = SECRET_FILE_MAX_BYTES) -> str:
+    """The text of a small regular file (a password file): never blocks on a FIFO or a device, never reads more
+    than `max_bytes`. Raises ValueError with an "expected ..." message naming the file."""
+    data = read_regular_file(path, max_bytes)
+    if b"\0" in data:
+        raise ValueError(f"expected text, {path!r} holds a NUL byte (at byte {data.index(0)})")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"expected UTF-8 text in {path!r} ({e.reason} at byte {e.start})") from None
+
+
+def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; ValueError ("expected ...") for a FIFO, a device, a
+    directory, a larger file or an unreadable one. Opened non-blocking, so a FIFO never hangs the caller."""
+    import stat as stat_mod
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ValueError(f"expected a readable file, cannot open {path!r}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            kind = ("a directory" if stat_mod.S_ISDIR(st.st_mode) else "a FIFO" if stat_mod.S_ISFIFO(st.st_mode)
+                    else "a device" if stat_mod.S_ISCHR(st.st_mode) or stat_mod.S_ISBLK(st.st_mode)
+                    else "a socket" if stat_mod.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise ValueError(f"expected a regular file, {path!r} is {kind}")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise ValueError(f"expected a readable file, cannot read {path!r}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise ValueError(f"expected a file of at most {max_bytes} bytes, {path!r} is larger")
+    return data
 
 
 def _decode(data: bytes, source: str) -> Mapping[str, Any]:
@@ -452,10 +528,12 @@ def _decode(data: bytes, source: str) -> Mapping[str, Any]:
 def load(path: str | os.PathLike[str], *, emulate: bool = False) -> Config:
     """Load and validate a config file. Raises ConfigError (naming the file) for any problem."""
     p = Path(path)
+    if "\0" in str(p):
+        raise ConfigError([f"{str(p)!r}: expected a file path without NUL characters"])
     try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ConfigError([f"{p}: cannot read the config file: {e.strerror or e}"]) from None
+        data = read_regular_file(p, CONFIG_MAX_BYTES)
+    except ValueError as e:
+        raise ConfigError([f"{p}: cannot read the config file: {e}"]) from None
     return parse(_decode(data, str(p)), str(p), emulate=emulate, digest=hashlib.sha256(data).hexdigest()[:12])
 
 
@@ -468,15 +546,3 @@ def load_demo(*, emulate: bool = True) -> Config:
     data = demo_bytes()
     source = "<built-in demo>"
     return parse(_decode(data, source), source, emulate=emulate, digest=hashlib.sha256(data).hexdigest()[:12])
-
-
-def resolve_state_dir(cli_value: str | None, config: Config) -> Path:
-    """--state-dir, else the config's agent.state_dir, else $STATE_DIRECTORY (systemd), else XDG state home."""
-    if cli_value:
-        return Path(cli_value).expanduser()
-    if config.agent.state_dir is not None:
-        return config.agent.state_dir
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "edge-agent"

@@ -21,3 +21,8 @@ class OutboxError(AgentError, OSError):
 
 class UplinkError(AgentError, ConnectionError):
     """The broker cannot be reached or refused the connection."""
+
+
+class StartError(AgentError, OSError):
+    """Something the agent had to open at start (a sensor's driver or bus, the state directory) could not be opened;
+    the message says which sensor, bus or path and what was being done. The original error is the __cause__."""

@@ -12,13 +12,21 @@ Streams (each carries one kind; docs/signal.md lists every payload):
 A processor is plain, single-threaded code called by the pipeline's processing thread; it does no I/O. `tick`
 is called about every 0.5 s with the wall clock; interval reports, heartbeats and state reports happen there.
 Processors of one pipeline share a `ValueBoard`, through which a stream sensor reads the shaft speed from a
-tachometer sensor. Numba is imported when the first stream processor is built, not when this module is.
+tachometer sensor. Numba is imported when the first stream processor is built, not when this module is: by
+`KERNELS`, on a thread of its own when the pipeline asks for it (`background=True`), so the rest of start-up runs
+while they load; the pipeline starts reading stream sensors when they are ready (see `agent.pipeline`). Windows
+that complete before they are ready wait in the processor (bounded) and are computed as soon as they are.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
+import os
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -31,11 +39,111 @@ from agent.records import Emit
 from agent.signal import iso
 from agent.signal.schema import validate_features
 from agent.signal.slow import NS, AnomalyDetector, Counter, Deadband, IntervalStats, MachineState, is_number
-from agent.windows import Windower
+from agent.windows import Window, Windower
 from hal.types import Block, Quality, Reading
+
+log = logging.getLogger("edge_agent.processing")
 
 DEFAULT_HEARTBEAT_S = 300.0
 ZONE_WINDOWS = 3  # windows a new ISO zone must hold before a zone event
+PENDING_WINDOWS = 64  # windows a stream processor keeps while the kernels load; older ones are dropped and counted
+
+
+class KernelLoader:
+    """Imports the Numba kernels and loads their machine code (from the cache when it is warm, else compiling)
+    once per process, on a thread of its own, so that the rest of the agent starts meanwhile; then pages out the
+    LLVM library (`release_compiler_pages`).
+
+    `start()` is idempotent and returns at once; `ready()` says whether the kernels are usable; `wait()` blocks
+    until they are and returns the `Analyzer` class, or raises RuntimeError when loading failed.
+    `agent.signal.cache.configure_cache()` must run before `start()`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.done = threading.Event()  # set when loaded, or when loading failed
+        self._analyzer_class: Any = None
+        self.error: BaseException | None = None
+        self.seconds: float | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._load, name="kernel-load", daemon=True)
+                self._thread.start()
+
+    def _load(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            from agent.signal.analyzer import Analyzer  # imports Numba
+
+            # analyze_window has one signature whatever the settings: one call loads (or compiles) all of it
+            Analyzer({}, 1000.0, 64).compute(np.zeros((64, 1)))
+            self._analyzer_class = Analyzer
+            released = release_compiler_pages()
+            if released:
+                log.debug("paged out %.0f MB of the LLVM library (needed again only to compile)", released / 2**20)
+        except BaseException as e:  # reported to every processor that waits on it
+            self.error = e
+            log.error("loading the feature kernels failed: %s: %s", type(e).__name__, e)
+        finally:
+            self.seconds = time.perf_counter() - t0
+            self.done.set()
+            if self.error is None:
+                log.info("feature kernels ready in %.2f s", self.seconds)
+
+    def ready(self) -> bool:
+        """The kernels are loaded, or loading failed (then `wait()` raises)."""
+        return self.done.is_set()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        self.start()
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"the feature kernels did not load within {timeout:g} s")
+        if self.error is not None:
+            raise RuntimeError(f"the feature kernels could not be loaded: {type(self.error).__name__}: "
+                               f"{self.error}") from self.error
+        return self._analyzer_class
+
+
+_MADV_PAGEOUT = 21  # Linux >= 5.4
+
+
+def release_compiler_pages(library: str = "libllvmlite.so") -> int:
+    """Ask Linux to page out the resident pages of LLVM's shared library; returns the bytes of RSS released.
+
+    LLVM is needed to compile a kernel and to load one from the cache, not to run it: once the kernels are
+    ready, its ~60-70 MB of file-backed pages only inflate the resident set (and the unit's memory accounting).
+    MADV_PAGEOUT reclaims the clean ones (read-only mappings: nothing goes to swap); should LLVM run again (a
+    compile), they are read back from disk. Best effort:
+    does nothing (returns 0) where the call or /proc is not available.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        before = _rss_bytes()
+        with open("/proc/self/maps") as f:  # read-only mappings only: code and constants, never written state
+            ranges = [tuple(int(v, 16) for v in line.split()[0].split("-")) for line in f
+                      if line.rstrip().endswith(library) and "w" not in line.split()[1]]
+        for lo, hi in ranges:
+            madvise(lo, hi - lo, _MADV_PAGEOUT)
+        return max(0, before - _rss_bytes()) if ranges else 0
+    except (OSError, AttributeError, ValueError):
+        return 0
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+KERNELS = KernelLoader()  # one per process: loading is per process, not per pipeline
 
 
 class Processor(Protocol):
@@ -132,18 +240,22 @@ class StateReporter:
 
 
 class StreamFeatures:
-    """Windows a high-rate sensor and computes its features per window and axis."""
+    """Windows a high-rate sensor and computes its features per window and axis.
 
-    def __init__(self, sensor: SensorConfig, board: ValueBoard | None = None) -> None:
-        from agent.signal.analyzer import Analyzer  # imports Numba: after configure_cache()
+    `background=False` (the default) waits for the kernels in the constructor; `background=True` (the pipeline)
+    returns at once and keeps completed windows (up to PENDING_WINDOWS, the oldest dropped and reported as
+    `gap_before` of the next record) until the kernels are ready, computing them at the next block or tick.
+    """
 
-        self._analyzer_class = Analyzer
+    def __init__(self, sensor: SensorConfig, board: ValueBoard | None = None, *, background: bool = False) -> None:
         self.sensor = sensor
         self.settings = _validated(sensor)
         self.board = board if board is not None else DEFAULT_BOARD
         self.windower = Windower(sensor.window, sensor.hop)
         self.events_stream = f"{sensor.name}.events"
         self._analyzers: dict[float, Any] = {}
+        self._pending: deque[tuple[Window, tuple[str, ...], str]] = deque()
+        self._dropped_samples = 0  # samples of pending windows dropped while the kernels loaded
         s = self.settings
         self.state = StateReporter(s["state"], f"{sensor.name}.state") if s["state"] else None
         a = s["anomaly"]
@@ -152,14 +264,17 @@ class StreamFeatures:
         self.zone: str | None = None
         self._zone_candidate: tuple[str, int, int] | None = None
         self.windows = 0
-        rate = sensor.options.get("rate_hz")
-        if is_number(rate) and rate > 0:  # load the kernel now (from the cache when warmed), not at the first window
-            self.analyzer(float(rate)).compute(np.zeros((sensor.window, 1)))
+        KERNELS.start()
+        if not background:
+            KERNELS.wait()
+            rate = sensor.options.get("rate_hz")
+            if is_number(rate) and rate > 0:  # build the plan now, not at the first window
+                self.analyzer(float(rate))
 
     def analyzer(self, rate_hz: float) -> Any:
         an = self._analyzers.get(rate_hz)
         if an is None:
-            an = self._analyzers[rate_hz] = self._analyzer_class(self.settings, rate_hz, self.sensor.window)
+            an = self._analyzers[rate_hz] = KERNELS.wait()(self.settings, rate_hz, self.sensor.window)
         return an
 
     def shaft_hz(self, ts_ns: int) -> float | None:
@@ -175,39 +290,67 @@ class StreamFeatures:
         return value / 60.0 if unit.lower() in ("rpm", "1/min", "r/min") else value
 
     def on_block(self, block: Block) -> list[Emit]:
+        windows = self.windower.push(block)
+        if self._pending or not KERNELS.ready():
+            self._pending.extend((w, block.axes, block.unit) for w in windows)
+            while len(self._pending) > PENDING_WINDOWS:
+                dropped, _, _ = self._pending.popleft()
+                self._dropped_samples += dropped.gap_before + dropped.samples.shape[0]
+            return self._drain()
         out: list[Emit] = []
-        for w in self.windower.push(block):
-            an = self.analyzer(w.rate_hz)
-            shaft = self.shaft_hz(w.t0_ns)
-            axes = block.axes if len(block.axes) == w.samples.shape[1] else tuple(
-                f"ch{k}" for k in range(w.samples.shape[1]))  # a driver that names its axes wrongly loses none
-            features = an.features(w.samples, axes, shaft)
-            payload: dict[str, Any] = {"unit": block.unit, "rate_hz": w.rate_hz, "n": int(w.samples.shape[0]),
-                                       "features": features}
-            payload.update(an.context(shaft))
-            if w.gap_before:
-                payload["gap_before"] = w.gap_before
-            zone = iso.worst([f.get("zone") for f in features.values()]) if an.zone_limits else None
-            if zone:
-                payload["zone"] = zone
-            out.append(Emit("features", self.sensor.name, w.t0_ns, payload, w.quality))
-            self.windows += 1
-            if w.quality == Quality.BAD:
-                continue
-            if zone:
-                out.extend(self._zone(zone, w.t0_ns, w.quality))
-            if self.state is not None:
-                levels = [f.get(self.state.source) for f in features.values()]
-                levels = [v for v in levels if is_number(v) and math.isfinite(v)]
-                if levels:
-                    out.extend(self.state.observe(w.t0_ns, max(levels), self.events_stream))
-            if self.anomaly is not None:
-                for axis, f in features.items():
-                    for name in self.watched:
-                        if name in f:
-                            ev = self.anomaly.observe(f"{axis}.{name}", f[name])
-                            if ev:
-                                out.append(Emit("event", self.events_stream, w.t0_ns, ev, w.quality))
+        for w in windows:
+            out.extend(self._window(w, block.axes, block.unit))
+        return out
+
+    def _drain(self) -> list[Emit]:
+        """Compute the windows that waited for the kernels, once they are ready."""
+        out: list[Emit] = []
+        if not KERNELS.ready():
+            return out
+        if KERNELS.error is not None:
+            self._pending.clear()  # every window would fail the same way; the error is raised (and counted) below
+            KERNELS.wait()
+        while self._pending:
+            w, axes, unit = self._pending.popleft()
+            if self._dropped_samples:
+                w = dataclasses.replace(w, gap_before=w.gap_before + self._dropped_samples)
+                self._dropped_samples = 0
+            out.extend(self._window(w, axes, unit))
+        return out
+
+    def _window(self, w: Window, block_axes: tuple[str, ...], unit: str) -> list[Emit]:
+        out: list[Emit] = []
+        an = self.analyzer(w.rate_hz)
+        shaft = self.shaft_hz(w.t0_ns)
+        axes = block_axes if len(block_axes) == w.samples.shape[1] else tuple(
+            f"ch{k}" for k in range(w.samples.shape[1]))  # a driver that names its axes wrongly loses none
+        features = an.features(w.samples, axes, shaft)
+        payload: dict[str, Any] = {"unit": unit, "rate_hz": w.rate_hz, "n": int(w.samples.shape[0]),
+                                   "features": features}
+        payload.update(an.context(shaft))
+        if w.gap_before:
+            payload["gap_before"] = w.gap_before
+        zone = iso.worst([f.get("zone") for f in features.values()]) if an.zone_limits else None
+        if zone:
+            payload["zone"] = zone
+        out.append(Emit("features", self.sensor.name, w.t0_ns, payload, w.quality))
+        self.windows += 1
+        if w.quality == Quality.BAD:
+            return out
+        if zone:
+            out.extend(self._zone(zone, w.t0_ns, w.quality))
+        if self.state is not None:
+            levels = [f.get(self.state.source) for f in features.values()]
+            levels = [v for v in levels if is_number(v) and math.isfinite(v)]
+            if levels:
+                out.extend(self.state.observe(w.t0_ns, max(levels), self.events_stream))
+        if self.anomaly is not None:
+            for axis, f in features.items():
+                for name in self.watched:
+                    if name in f:
+                        ev = self.anomaly.observe(f"{axis}.{name}", f[name])
+                        if ev:
+                            out.append(Emit("event", self.events_stream, w.t0_ns, ev, w.quality))
         return out
 
     def _zone(self, zone: str, ts_ns: int, quality: Quality) -> list[Emit]:
@@ -232,7 +375,10 @@ class StreamFeatures:
         return []
 
     def tick(self, now_ns: int) -> list[Emit]:
-        return self.state.tick(now_ns) if self.state is not None else []
+        out = self._drain() if self._pending else []
+        if self.state is not None:
+            out.extend(self.state.tick(now_ns))
+        return out
 
 
 class _Channel:
@@ -351,6 +497,9 @@ class SlowReadings:
         return out
 
 
-def make_processor(sensor: SensorConfig, board: ValueBoard | None = None) -> Processor:
-    """The processor of one sensor. Pass one `ValueBoard` per pipeline (a tachometer is found through it)."""
-    return StreamFeatures(sensor, board) if sensor.kind == "stream" else SlowReadings(sensor, board)
+def make_processor(sensor: SensorConfig, board: ValueBoard | None = None, *, background: bool = False) -> Processor:
+    """The processor of one sensor. Pass one `ValueBoard` per pipeline (a tachometer is found through it);
+    `background=True`: a stream processor does not wait for the kernels to load (see `StreamFeatures`)."""
+    if sensor.kind == "stream":
+        return StreamFeatures(sensor, board, background=background)
+    return SlowReadings(sensor, board)

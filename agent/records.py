@@ -67,8 +67,23 @@ def _clean(value: Any) -> Any:
     return value
 
 
+# One encoder for every record: `json.dumps` with arguments builds a new JSONEncoder per call. With
+# allow_nan=False it raises ValueError on the first NaN/inf, so a payload is copied by `_clean` only then.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    try:
+        return _ENCODER.encode(obj)
+    except ValueError as e:  # "Out of range float values are not JSON compliant": a NaN/inf somewhere
+        if "ircular" in str(e):  # a circular reference: cleaning would recurse forever
+            raise
+        return _ENCODER.encode(_clean(obj))
+
+
 def payload_json(payload: dict[str, Any]) -> str:
-    return json.dumps(_clean(payload), separators=(",", ":"), allow_nan=False)
+    """The compact JSON of a payload; NaN and infinities become null."""
+    return _dumps(payload)
 
 
 def topic(prefix: str, agent_id: str, kind: str, stream: str) -> str:
@@ -85,6 +100,5 @@ def encode(record: Record, agent_id: str, prefix: str, *, historical: bool = Fal
     }
     if historical:
         body["historical"] = True
-    body.update(_clean(record.payload))
-    return topic(prefix, agent_id, record.kind, record.stream), json.dumps(
-        body, separators=(",", ":"), allow_nan=False).encode()
+    body.update(record.payload)
+    return topic(prefix, agent_id, record.kind, record.stream), _dumps(body).encode()

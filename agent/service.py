@@ -2,11 +2,12 @@
 `edge-agent status` reads, and the periodic `health` record.
 
 Owns: the notify protocol (spoken directly over a datagram socket, no dependency), the watchdog decision (ping only
-while every stage of the pipeline makes progress), the status socket server and its JSON document. Must not touch
-the pipeline's internals beyond its public attributes (`agent.stats`, `agent.outbox`, `agent.uplink`,
-`agent.config`, `agent.readers`); records go through `agent.outbox.put` like any other stage's.
+while every stage of the pipeline makes progress), the status socket server (its JSON document is built by
+`agent.status`). Must not touch the pipeline's internals beyond its public attributes (`agent.stats`,
+`agent.outbox`, `agent.uplink`, `agent.config`, `agent.readers`); records go through `agent.outbox.put` like any
+other stage's; the outbox is read through `agent.outbox.OutboxView`, never by SQL of its own.
 
-`cmd_run` drives it from the main thread:
+`agent.app.run` drives it from the main thread:
 
     service = Service(agent, status_socket=default_status_socket(state_dir))
     agent.start(); service.ready()
@@ -28,12 +29,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
 from agent.health import HEALTH_STREAM, HealthMonitor, OutboxHead, counters, drops, live_stage_ages
 from agent.records import Emit, iso_ts
+from agent.status import last_value, live_document, outbox_wedge
 from hal.types import now_ns
 
 log = logging.getLogger("edge_agent.service")
@@ -44,6 +46,9 @@ RATE_WINDOW_S = 60.0
 # A stage that waits on purpose (a slow sensor's poll interval, a reader's retry back-off after a fault) is not
 # stuck: reader stages get their interval plus the reader's longest back-off on top of the stall limit.
 READER_MAX_BACKOFF_S = 60.0
+MAX_CLIENTS = 16  # status socket clients served at once
+REQUEST_MAX_BYTES = 64 * 1024
+REQUEST_TIMEOUT_S = 2.0
 
 
 # -- sd_notify ------------------------------------------------------------------------------------------------------
@@ -179,7 +184,8 @@ class StreamTap:
             for stream, e in self._last.items():
                 q = self._times.get(stream, deque())
                 n = sum(1 for x in q if t - x <= span)
-                out[stream] = {"kind": e.kind, "last": _last_value(e), "age_s": round((wall - e.ts_ns) / 1e9, 1),
+                out[stream] = {"kind": e.kind, "last": last_value(e.kind, e.ts_ns, e.quality, e.payload),
+                               "age_s": round((wall - e.ts_ns) / 1e9, 1),
                                "rate_hz": round(n / span, 3)}
         return out
 
@@ -187,48 +193,6 @@ class StreamTap:
         with self._lock:
             return {"samples_lost": dict(self._gap_samples), "outbox_gap_events": self._gap_events,
                     "outbox_records_dropped": self._gap_records}
-
-
-def _last_value(e: Emit | Any) -> dict[str, Any]:
-    payload = e.payload if isinstance(e.payload, dict) else {}
-    out: dict[str, Any] = {"ts": iso_ts(e.ts_ns), "quality": str(e.quality)}
-    if e.kind == "reading":
-        out["value"] = payload.get("value")
-        out["unit"] = payload.get("unit", "")
-        if payload.get("error"):
-            out["error"] = payload["error"]
-    elif e.kind == "features":
-        out["features"] = payload.get("features")
-        out["unit"] = payload.get("unit", "")
-    else:
-        out["payload"] = payload
-    return out
-
-
-def sensor_streams(sensor: Any, streams: list[str]) -> list[str]:
-    """The streams a sensor produces: its name, `<name>.<channel>` (Modbus registers), or its `channel` option."""
-    name = sensor.name
-    channel = (getattr(sensor, "options", None) or {}).get("channel") or ""
-    return [s for s in streams if s == name or s.startswith(name + ".") or (channel and s == channel)]
-
-
-def expected_rate_hz(sensor: Any) -> float | None:
-    """Records per second a sensor should produce: 1/interval for slow sensors, rate/hop for stream sensors."""
-    if getattr(sensor, "kind", "slow") == "stream":
-        rate = (getattr(sensor, "options", None) or {}).get("rate_hz")
-        hop = getattr(sensor, "hop", 0)
-        return round(float(rate) / hop, 3) if rate and hop else None
-    interval = getattr(sensor, "interval_s", 0)
-    return round(1.0 / interval, 3) if interval else None
-
-
-def expected_acquisition_hz(sensor: Any) -> float | None:
-    """Samples per second (stream sensors: the configured rate) or reads per second (slow: 1/interval)."""
-    if getattr(sensor, "kind", "slow") == "stream":
-        rate = (getattr(sensor, "options", None) or {}).get("rate_hz")
-        return float(rate) if rate else None
-    interval = getattr(sensor, "interval_s", 0)
-    return round(1.0 / interval, 3) if interval else None
 
 
 # -- the status socket ----------------------------------------------------------------------------------------------
@@ -282,12 +246,19 @@ def read_status(path: str | os.PathLike[str], timeout: float = 3.0) -> dict[str,
     return request(path, {"cmd": "status"}, timeout)
 
 
+@dataclass(frozen=True)
+class _BadRequest:
+    message: str
+
+
 class StatusServer:
-    """Serves one JSON document per connection on a UNIX stream socket (mode 0660), from its own thread.
+    """Serves one JSON document per connection on a UNIX stream socket (mode 0660).
 
     A client may send one request line first (`{"cmd": "status"}`, `{"cmd": "capture", ...}`); a client that sends
-    nothing (`socat - UNIX-CONNECT:status.sock`) gets the status document. Requests other than `status` are
-    answered on a thread of their own, so a capture never holds up `status`.
+    nothing (`socat - UNIX-CONNECT:status.sock`) gets the status document. Each client is served on a thread of its
+    own, at most MAX_CLIENTS at once (beyond: an immediate `busy` answer), so a slow client or a capture never holds
+    up another `status`. A request line is at most REQUEST_MAX_BYTES and must be complete within
+    REQUEST_TIMEOUT_S; anything else gets an error answer. No request can stop the server.
     """
 
     def __init__(self, path: str | os.PathLike[str], document: Callable[[], dict[str, Any]],
@@ -298,6 +269,8 @@ class StatusServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.refused = 0  # clients answered "busy" because every slot was taken
 
     def start(self) -> None:
         path = self.path
@@ -324,7 +297,7 @@ class StatusServer:
             finally:
                 os.umask(old)
             os.chmod(path, 0o660)
-            sock.listen(8)
+            sock.listen(64)
             sock.settimeout(0.5)
         except OSError as e:
             sock.close()
@@ -346,50 +319,105 @@ class StatusServer:
                     break
                 time.sleep(0.1)
                 continue
+            try:
+                if not self._clients.acquire(blocking=False):  # every client slot taken: answer at once, close
+                    self.refused += 1
+                    self._answer(conn, lambda: {"error": f"busy: {MAX_CLIENTS} requests are being served; "
+                                                         f"try again"}, timeout=0.5)
+                    continue
+                threading.Thread(target=self._client, args=(conn,), name="status-client", daemon=True).start()
+            except Exception:  # cannot start a thread (memory): drop this client, keep serving
+                log.exception("status socket: cannot serve a client")
+                self._clients.release()
+                conn.close()
+
+    def _client(self, conn: socket.socket) -> None:
+        """One client on its own thread: a slow or silent client holds up only itself."""
+        try:
             req = self._request(conn)
+            if isinstance(req, _BadRequest):
+                self._answer(conn, lambda: {"error": req.message})
+                return
             cmd = req.get("cmd", "status") if isinstance(req, dict) else None
             if cmd == "status":
                 self._answer(conn, self.document)
-            elif cmd in self.handlers:
-                threading.Thread(target=self._answer, args=(conn, lambda r=req, c=cmd: self.handlers[c](r)),
-                                 name=f"status-{cmd}", daemon=True).start()
+            elif isinstance(cmd, str) and cmd in self.handlers:
+                self._answer(conn, lambda: self.handlers[cmd](req))
             else:
                 known = ", ".join(["status", *self.handlers])
-                self._answer(conn, lambda: {"error": f"unknown request {req!r}; expected a JSON object with "
+                shown = json.dumps(req, default=str)[:120] if not isinstance(req, str) else repr(req)
+                self._answer(conn, lambda: {"error": f"unknown request {shown}; expected a JSON object with "
                                                      f"\"cmd\" one of: {known}"})
+        except Exception:  # a bug must not cost the server its thread or a client slot
+            log.exception("status socket: serving a request failed")
+            conn.close()
+        finally:
+            self._clients.release()
 
     @staticmethod
     def _request(conn: socket.socket) -> Any:
-        """The client's request line, {} when it sends none within 0.3 s, None when it is not JSON."""
-        conn.settimeout(0.3)
+        """The client's request line: {} when it sends nothing within 0.3 s, the raw text when it is not JSON, a
+        `_BadRequest` when it is larger than REQUEST_MAX_BYTES or not complete within REQUEST_TIMEOUT_S."""
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
         data = b""
+        conn.settimeout(0.3)
         try:
-            while b"\n" not in data and len(data) < 65536:
+            while b"\n" not in data and len(data) <= REQUEST_MAX_BYTES:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return _BadRequest(f"request not complete within {REQUEST_TIMEOUT_S:g} s; expected one JSON "
+                                       f"line ending in a newline")
+                if data:  # started: the rest must come before the deadline
+                    conn.settimeout(left)
                 chunk = conn.recv(4096)
                 if not chunk:
                     break
                 data += chunk
-        except (TimeoutError, OSError):
+        except TimeoutError:
+            if data:
+                return _BadRequest(f"request not complete within {REQUEST_TIMEOUT_S:g} s; expected one JSON line "
+                                   f"ending in a newline")
+        except OSError:
             pass
-        line = data.split(b"\n", 1)[0].strip()
+        line = data.split(b"\n", 1)[0]
+        if len(line) > REQUEST_MAX_BYTES:
+            StatusServer._discard(conn, deadline)  # closing with unread data would reset the answer away
+            return _BadRequest(f"request too large: expected at most {REQUEST_MAX_BYTES} bytes")
+        line = line.strip()
         if not line:
             return {}
         try:
             return json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return line.decode(errors="replace")[:80]
 
     @staticmethod
-    def _answer(conn: socket.socket, build: Callable[[], dict[str, Any]]) -> None:
+    def _discard(conn: socket.socket, deadline: float) -> None:
+        """Read and drop what the client still sends, until the end of its line, EOF or the deadline."""
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                conn.settimeout(left)
+                chunk = conn.recv(65536)
+                if not chunk or b"\n" in chunk:
+                    return
+        except OSError:
+            pass
+
+    @staticmethod
+    def _answer(conn: socket.socket, build: Callable[[], dict[str, Any]], timeout: float = 5.0) -> None:
         with conn:
             try:
-                conn.settimeout(5.0)
+                conn.settimeout(timeout)
                 body = json.dumps(build(), separators=(",", ":"), default=str, allow_nan=False)
                 conn.sendall(body.encode() + b"\n")
             except (OSError, ValueError) as e:
                 log.debug("status client: %s", e)
             except Exception:  # a bug building the answer must not kill the server
                 log.exception("answering a status socket request failed")
+                try:
+                    conn.sendall(b'{"error":"internal error answering the request (see the agent log)"}\n')
+                except OSError:
+                    pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -574,7 +602,8 @@ class Service:
         text = f"{len(agent.config.sensors)} sensors; outbox {depth} records; link {link} ({broker})"
         fault = getattr(agent.outbox, "fault", None)
         if fault:
-            text += f"; OUTBOX FAULT: {fault}"
+            info = outbox_wedge(agent.outbox)
+            text += f"; OUTBOX WEDGED ({str(info.get('fault_cause') or 'error').replace('_', ' ')}): {fault}"
         if self._stalled:
             text = f"STALLED: {', '.join(self._stalled)}; " + text
         return _one_line(text)
@@ -588,9 +617,9 @@ class Service:
         with self._reader_lock:
             try:
                 if self._reader is None:
-                    self._reader = self.agent.outbox.reader()
-                row = self._reader.conn.execute("SELECT ts_ns FROM records ORDER BY id LIMIT 1").fetchone()
-                oldest = int(row[0]) if row else None
+                    from agent.outbox import OutboxView
+                    self._reader = OutboxView(self.agent.outbox.path)
+                oldest = self._reader.first_ts_ns()
             except Exception as e:
                 log.debug("reading the outbox head: %s", e)
                 self._reader = None
@@ -621,72 +650,27 @@ class Service:
         """`{"cmd": "capture", "sensor": NAME, "seconds": S}` -> the raw window as a `capture` record payload."""
         sensor, seconds = req.get("sensor"), req.get("seconds")
         if not isinstance(sensor, str) or not isinstance(seconds, (int, float)) or isinstance(seconds, bool) \
-                or not 0 < seconds <= 60:
+                or not 0 < seconds <= 60:  # NaN fails the comparison too
             return {"error": "expected {\"sensor\": NAME, \"seconds\": S} with 0 < S <= 60"}
         try:
             emit = self.agent.capture(sensor, float(seconds), timeout_s=seconds * 2 + 10)
-        except (ValueError, TimeoutError) as e:
+        except (ValueError, TimeoutError, RuntimeError) as e:  # RuntimeError: CaptureBusy, "busy: ..."
             return {"error": str(e)}
         return {"capture": emit.payload, "ts": iso_ts(emit.ts_ns), "quality": str(emit.quality)}
 
     # -- the status document ----------------------------------------------------------------------------------
 
     def status_document(self) -> dict[str, Any]:
+        """The status document (agent.status) of the running service, as the status socket serves it."""
         agent = self.agent
-        cfg = agent.config
         snap = counters(agent.stats)
-        t = now_ns()
-        head = self._outbox_head()
-        streams = self.tap.streams()
-        sensors = []
-        for s in cfg.sensors:
-            names = sensor_streams(s, list(streams))
-            rate = sum(streams[n]["rate_hz"] for n in names) if names else 0.0
-            sensors.append({
-                "name": s.name, "driver": s.driver, "kind": s.kind, "bus": s.bus,
-                "expected_rate_hz": expected_rate_hz(s), "rate_hz": round(rate, 3),
-                "acquisition_hz": self.acquisition_rate(s), "expected_acquisition_hz": expected_acquisition_hz(s),
-                "streams": {n: streams[n] for n in names},
-                "errors": snap.get(f"reader_errors.{s.name}", 0) + snap.get(f"processing_errors.{s.name}", 0),
-                "dropped": snap.get(f"dropped.{s.name}", 0),
-                # a buffered stream reader: its worst drain interval against what its FIFO holds (agent.realtime)
-                "reader": ({"worst_drain_ms": snap.get(f"reader_latency_ms.{s.name}"),
-                            "slack_ms": snap.get(f"reader_slack_ms.{s.name}"),
-                            "scheduling": snap.get(f"reader_scheduling.{s.name}")} if s.kind == "stream" else None),
-            })
-        claimed = {n for s in cfg.sensors for n in sensor_streams(s, list(streams))}
-        uplink = agent.uplink
-        return {
-            "source": "service",
-            "agent": cfg.agent.id,
-            "version": __version__,
-            "pid": os.getpid(),
-            "ts": iso_ts(t),
-            "started": iso_ts(agent.boot_ns),
-            "uptime_s": round((t - agent.boot_ns) / 1e9, 1),
-            "config": {"path": cfg.source, "digest": cfg.digest, "emulate": cfg.emulate},
-            "state_dir": str(agent.state_dir),
-            "link": {"state": snap.get("link", "down"), "broker": cfg.mqtt.broker.url,
-                     "last_error": getattr(uplink, "last_error", ""),
-                     "connects": snap.get("uplink_connects", 0), "disconnects": snap.get("uplink_disconnects", 0),
-                     "inflight": snap.get("uplink_inflight", 0), "published": snap.get("uplink_published", 0),
-                     "acked": snap.get("uplink_acked", 0)},
-            "outbox": {"path": str(getattr(agent.outbox, "path", "")), "depth": head.depth,
-                       "oldest_ts": iso_ts(head.oldest_ts_ns) if head.oldest_ts_ns is not None else None,
-                       "oldest_age_s": (round((t - head.oldest_ts_ns) / 1e9, 1)
-                                        if head.oldest_ts_ns is not None else None),
-                       "bytes": head.file_bytes, "fault": getattr(agent.outbox, "fault", None)},
-            "sensors": sensors,
-            "other_streams": {n: v for n, v in streams.items() if n not in claimed},
-            "drops": drops(snap),
-            "gaps": {**self.tap.gaps(), "outbox_gap_events": max(self.tap.gaps()["outbox_gap_events"],
-                                                                  int(snap.get("outbox_gap_events", 0) or 0))},
-            "stages": live_stage_ages(agent),
-            "stalled": self._stalled if self._ready else [],
-            "watchdog": {"enabled": bool(self.notifier.watchdog_usec),
-                         "interval_s": self.notifier.watchdog_usec / 1e6 if self.notifier.watchdog_usec else None,
-                         "stall_limit_s": self.stall_limit_s},
-        }
+        return live_document(
+            agent, counters=snap, outbox_head=self._outbox_head(), streams=self.tap.streams(), gaps=self.tap.gaps(),
+            acquisition_hz={s.name: self.acquisition_rate(s) for s in agent.config.sensors}, drops=drops(snap),
+            stages=live_stage_ages(agent), stalled=self._stalled if self._ready else [],
+            watchdog={"enabled": bool(self.notifier.watchdog_usec),
+                      "interval_s": self.notifier.watchdog_usec / 1e6 if self.notifier.watchdog_usec else None,
+                      "stall_limit_s": self.stall_limit_s})
 
 
 def _one_line(text: str) -> str:

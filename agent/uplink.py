@@ -1,8 +1,11 @@
-"""The uplink: the only publisher. Forwards outbox records over MQTT (paho-mqtt 2.x), QoS 1.
+"""The uplink: the only publisher. Forwards outbox records over MQTT (paho-mqtt 2.x), QoS 1 (Sparkplug: QoS 0 by
+default, see below).
 
 One thread owns the paho client and runs its network loop itself, so callbacks run on that thread and need no
 locks. A record is published only while a session is up, at most `inflight` at a time, and leaves the outbox
-only after its PUBACK (tracked by `mid` in `on_publish`). paho keeps unacknowledged QoS 1 messages across a
+only after its PUBACK (tracked by `mid` in `on_publish`); a record sent with QoS 0 has no PUBACK, so it leaves
+only after the UNSUBACK of an UNSUBSCRIBE sent after it (the broker answers a client's packets in order, so it
+has read the record by then). paho keeps unacknowledged QoS 1 messages across a
 reconnect and re-sends them with DUP set, so duplicates are bounded by the in-flight window; after a restart
 everything still in the outbox is sent again.
 
@@ -44,12 +47,12 @@ log = logging.getLogger("edge_agent.uplink")
 
 class Uplink:
     def __init__(self, config: Config, outbox: Outbox, stats: Stats | None = None, *,
-                 live_share: float = 0.5, boot_ns: int | None = None) -> None:
+                 live_share: float | None = None, boot_ns: int | None = None) -> None:
         self.config = config
         self.mqtt = config.mqtt
         self.outbox = outbox
         self.stats = stats or Stats()
-        self.live_share = live_share
+        self.live_share = config.mqtt.live_share if live_share is None else live_share  # mqtt.live_share
         self.boot_ns = boot_ns or now_ns()
         self.agent_id = config.agent.id
         self.prefix = self.mqtt.prefix
@@ -70,6 +73,17 @@ class Uplink:
         self.on_write: Callable[[str, Any], None] | None = None  # Sparkplug DCMD writes (target, value), likewise
         self._responses: deque[bytes] = deque()
         self._acked_mids: list[int] = []
+        # QoS 0 (Sparkplug's default): paho reports a message "published" once it is written to the socket, which
+        # proves nothing if the link is already dead. Such records wait in `_written`; an UNSUBSCRIBE of a filter
+        # nobody uses is then sent, and its UNSUBACK (the broker answers in order) confirms that the broker has
+        # read every publish before it: only then do the records leave the outbox. A link lost before that sends
+        # them again (duplicates, never a silent loss).
+        self._qos0_mids: set[int] = set()
+        self._written: list[int] = []
+        self._written_at = 0.0
+        self._confirming: dict[int, list[int]] = {}  # UNSUBSCRIBE mid -> record ids it confirms
+        self._unsub_acked: list[int] = []
+        self.confirm_topic = getattr(self.format, "confirm_topic", "") or f"{self.prefix}/{self.agent_id}/confirm"
         self._sent_at: dict[int, float] = {}  # mid -> monotonic publish time, for the PUBACK latency
         self._session_up = False
         self._sock_open = False
@@ -103,6 +117,7 @@ class Uplink:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_unsubscribe = self._on_unsubscribe
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         return c
@@ -207,6 +222,17 @@ class Uplink:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         self._acked_mids.append(mid)
 
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
+                        properties: Any) -> None:
+        self._unsub_acked.append(mid)
+
+    def describe(self, config: Config, sources: dict[str, Any]) -> None:
+        """The running configuration and its drivers (at start, after a reload), for a format that announces its
+        metrics up front (Sparkplug's births). Safe from any thread."""
+        describe = getattr(self.format, "describe", None)
+        if describe is not None:
+            describe(config, sources)
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self.format.on_message(client, msg):
             return
@@ -259,7 +285,7 @@ class Uplink:
             return False
         if time.monotonic() >= self._drain_deadline or not self._session_up or not self._ready:
             return True
-        return not self._inflight and self._fetch_nothing_left()
+        return not self._inflight and not self._written and not self._confirming and self._fetch_nothing_left()
 
     def _fetch_nothing_left(self) -> bool:
         assert self._reader is not None
@@ -287,6 +313,10 @@ class Uplink:
             self._client = self._make_client()
             first = True
         self.format.before_connect(self._client)
+        if self.mqtt.broker.tls and self.mqtt.tls_insecure:  # at every connect, so it cannot go unnoticed
+            log.warning("mqtt.tls_insecure = true: connecting to %s:%d WITHOUT checking the broker's host name "
+                        "against its certificate (anyone on the path can impersonate the broker); never in "
+                        "production", host, port)
         if first:
             self._client.connect(host, port, keepalive=self.mqtt.keepalive_s)
         else:
@@ -294,10 +324,15 @@ class Uplink:
 
     def _rewind(self) -> None:
         """Forget what paho held in flight and send it again from the outbox (after the next birth)."""
-        ids = [rid for group in self._inflight.values() for rid in group]
+        ids = [rid for group in self._inflight.values() for rid in group] + self._written
+        ids += [rid for group in self._confirming.values() for rid in group]
         self._inflight.clear()
         self._acked_mids.clear()
         self._sent_at.clear()
+        self._qos0_mids.clear()
+        self._written = []
+        self._confirming.clear()
+        self._unsub_acked.clear()
         low = min(ids) - 1 if ids else self._cursor
         if self._backlog_end and self._backlog_cursor < self._backlog_end:
             low = min(low, self._backlog_cursor)
@@ -382,6 +417,7 @@ class Uplink:
         self.stats.set("link", "down")
 
     def _handle_acks(self) -> None:
+        self._confirm_written()
         if not self._acked_mids:
             return
         mids, self._acked_mids = self._acked_mids, []
@@ -389,12 +425,41 @@ class Uplink:
         latencies = [now - t for t in (self._sent_at.pop(m, None) for m in mids) if t is not None]
         if latencies:
             self.stats.set("uplink_publish_latency_ms", round(1000 * max(latencies), 1))
-        ids = [rid for rid in (self._inflight.pop(m, None) for m in mids) if rid is not None]
-        ids = [rid for group in ids for rid in group]
+        ids: list[int] = []
+        for m in mids:
+            group = self._inflight.pop(m, None)
+            if group is None:
+                continue
+            if m in self._qos0_mids:  # QoS 0: written to the socket, not yet known to be read by the broker
+                self._qos0_mids.discard(m)
+                if not self._written:
+                    self._written_at = now
+                self._written.extend(group)
+            else:
+                ids.extend(group)
         if ids:
             self.outbox.ack(ids)
             self.stats.inc("uplink_acked", len(ids))
         self.stats.set("uplink_inflight", len(self._inflight))
+        self._confirm_written()
+
+    def _confirm_written(self) -> None:
+        """QoS 0 records: ask for a confirmation (UNSUBSCRIBE → UNSUBACK) about every 0.2 s or `inflight`
+        records, and let those it confirmed leave the outbox."""
+        while self._unsub_acked:
+            ids = self._confirming.pop(self._unsub_acked.pop(), None)
+            if ids:
+                self.outbox.ack(ids)
+                self.stats.inc("uplink_acked", len(ids))
+        if not self._written or not self._session_up:
+            return
+        if (len(self._written) < self.mqtt.inflight and time.monotonic() - self._written_at < 0.2
+                and self._drain_deadline is None):
+            return
+        rc, mid = self._client.unsubscribe(self.confirm_topic)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._confirming[mid] = self._written
+            self._written = []
 
     def _publish_group(self, records: list[Record], historical: bool) -> bool:
         messages = self.format.encode(records, historical)
@@ -406,13 +471,16 @@ class Uplink:
             self._client.publish(topic, body, qos=qos)
         topic, body, qos = messages[-1]
         info = self._client.publish(topic, body, qos=qos)
+        if qos == 0:
+            self._qos0_mids.add(info.mid)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN,
                            MQTTErrorCode.MQTT_ERR_CONN_LOST):
             self.stats.inc("uplink_publish_errors")
             log.error("publish of %s seq %d failed: %s", records[0].stream, records[0].seq,
                       mqtt.error_string(info.rc))
             return False
-        # NO_CONN / CONN_LOST: paho keeps the QoS 1 message and sends it on reconnect: in flight all the same
+        # NO_CONN / CONN_LOST: paho keeps a QoS 1 message and sends it on reconnect; a QoS 0 one is never
+        # reported written: either way it stays in flight, and a fresh session (_rewind) sends it again
         self._inflight[info.mid] = [r.id for r in records]
         self._sent_at[info.mid] = time.monotonic()
         self.stats.inc("uplink_published", len(records))

@@ -159,7 +159,8 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     print(f"| ingest, records/s (WAL, synchronous=FULL) | {grp[0]:,.0f} (group commit, 200 ms) | "
           f"{raw[0]:,.0f} (raw sqlite3, commit per record) | {grp[0] / raw[0]:.1f}x |")
-    print(f"| bytes written per record, syscalls (wchar) | {grp[1]:,} | {raw[1]:,} | {raw[1] / max(grp[1], 1):.1f}x fewer |")
+    print(f"| bytes written per record, syscalls (wchar) | {grp[1]:,} | {raw[1]:,} | "
+          f"{raw[1] / max(grp[1], 1):.1f}x fewer |")
     print(f"| bytes written per record, to the device (write_bytes) | {grp[2]:,} | {raw[2]:,} | "
           f"{(raw[2] / grp[2]) if grp[2] else float('nan'):.1f}x fewer |")
     print(f"| bytes written per record at a live 1000 records/s (wchar / write_bytes) | {paced[1]:,} / {paced[2]:,} "

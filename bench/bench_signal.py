@@ -1,17 +1,22 @@
 """Benchmark of the signal core (prints tables; not a timed test).
 
-In one run, for a 4096-sample window with every feature on (time domain, 3 bands, 5 peaks, velocity + ISO zone,
-spectral kurtosis, envelope with an SK-chosen band, bearing defect amplitudes):
+In one run, for a 4096-sample window at 25.6 kHz with every feature on (time domain, 3 bands, 5 peaks, velocity +
+ISO zone, spectral kurtosis, envelope with an SK-chosen band, bearing defect amplitudes):
 
-1. per-window time of the Numba kernel vs a plain NumPy/SciPy implementation of the same features (library
-   calls: scipy.stats, scipy.signal.stft / hilbert / find_peaks, a spectrum per feature) vs a carefully
-   vectorised NumPy one (one rfft reused, cumulative sums, a decimated envelope, batched STFT); all three are
-   checked to agree first;
+1. per-window CPU time of the Numba kernel vs two NumPy/SciPy implementations of the same features, written the
+   way a careful user would: "SciPy, careful" (vectorised, `np.fft.rfft` once for every spectral feature, a
+   batched STFT for the spectral kurtosis, `scipy.signal.find_peaks`, the envelope by `scipy.signal.hilbert`) and
+   "NumPy, the kernel's algorithm" (the same, with the kernel's decimated envelope: one short inverse FFT instead
+   of the full-length Hilbert transform); all three are checked to agree first;
 2. the FFT engine: rocket-fft inside Numba vs numpy.fft called from Python, for the transforms a window needs;
 3. CPU-seconds per sensor-second through the real processor (`agent.processing`): a 3-axis 3.2 kHz
-   accelerometer (window 4096, no overlap) and one 25.6 kHz channel (window 4096, 50 % overlap);
-4. start-up: process start to first feature with a cold and with a warm Numba cache, and the peak RSS of that
-   process.
+   accelerometer (window 4096, no overlap) and one 25.6 kHz channel (window 4096, 50 % overlap).
+
+Timing is interleaved: the implementations take turns (A B C A B C ...), each turn a batch of calls of about
+50 ms of process CPU time; the tables give the min and the median over the turns, and speed-ups as ratios of
+medians (and of mins) within this run. CPU time, not wall time, so other processes on a shared machine inflate
+it less; the ratios are the figures to quote. Start-up of the agent is measured by bench/bench_startup.py (the
+real `edge-agent run`).
 
 Usage: python bench/bench_signal.py [--quick]
 """
@@ -22,8 +27,7 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -32,11 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "signal"))  # the SciPy references and the simulated faults
 
-CACHE = tempfile.mkdtemp(prefix="bench-numba-")
-os.environ["NUMBA_CACHE_DIR"] = CACHE  # a private cache: the start-up measurement controls cold vs warm
+if not os.environ.get("NUMBA_CACHE_DIR"):
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-numba-")  # compiles once, outside the timing
 
 import numpy as np  # noqa: E402
-import signal_reference as ref  # noqa: E402
+import scipy.signal  # noqa: E402
 from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 from signal_simulate import bearing_fault  # noqa: E402
 
@@ -51,33 +55,7 @@ FEATURES = {"bands": [[0, 1000], [1000, 5000], [5000, 12800]], "peaks": 5, "iso"
 
 # ---------------------------------------------------------------------------------------------- implementations
 
-def plain_scipy(x: np.ndarray, an) -> dict:  # type: ignore[no-untyped-def]
-    """The same features written the obvious way with NumPy/SciPy library calls."""
-    out = ref.time_features(x)
-    f, _, _, amp = ref.spectrum(x, RATE)
-    out["dominant_hz"] = f[1 + np.argmax(amp[1:])]
-    out["peaks"] = ref.peaks(x, RATE, 5)
-    out["bands"] = ref.band_energies(x, RATE, FEATURES["bands"])
-    out["velocity_rms"] = ref.velocity_rms_mm_s(x, RATE)
-    fsk, sk = ref.spectral_kurtosis(x, RATE, an.sk_nperseg, an.sk_hop)
-    out["sk_max"] = sk[1:-1].max()
-    width = an.env_width_sk
-    mean_sk = np.convolve(sk[1:-1], np.ones(width), "valid")
-    f0 = 1 + int(np.argmax(mean_sk))
-    dsk = RATE / an.sk_nperseg
-    lo, hi = (f0 - 0.5) * dsk, (f0 + width - 0.5) * dsk
-    _, fe, eamp = ref.envelope(x, RATE, lo, hi, an.env_m)
-    for name, order in an.orders.items():
-        fault = order * SHAFT
-        tol = max(an.slip * fault, an.df)
-        sel = (np.abs(fe - fault) <= tol) & (fe >= 2 * an.df)
-        out[name] = eamp[sel].max()
-    return out
-
-
-def vectorised_numpy(x: np.ndarray, an, c: np.ndarray, wsk: np.ndarray) -> dict:  # type: ignore[no-untyped-def]
-    """The same features, vectorised with care: one rfft reused, no per-feature spectra, a decimated envelope."""
-    n = x.shape[0]
+def _time_domain(x: np.ndarray) -> tuple[dict, np.ndarray, float]:  # type: ignore[type-arg]
     mean = x.mean()
     d = x - mean
     d2 = d * d
@@ -89,6 +67,58 @@ def vectorised_numpy(x: np.ndarray, an, c: np.ndarray, wsk: np.ndarray) -> dict:
     out = {"mean": mean, "rms": rms, "peak": peak, "p2p": np.ptp(x), "crest": peak / rms,
            "skewness": (d2 * d).mean() / (m2 * rms), "kurtosis": (d2 * d2).mean() / (m2 * m2),
            "shape": rms / mabs, "impulse": peak / mabs, "clearance": peak / np.sqrt(a).mean() ** 2}
+    return out, d, m2
+
+
+def _sk_band(d: np.ndarray, an, wsk: np.ndarray) -> tuple[float, int, int]:  # type: ignore[no-untyped-def]
+    """Spectral kurtosis from a batched STFT (one rfft call), and the SK-chosen band as main-spectrum bins."""
+    nps, hop = an.sk_nperseg, an.sk_hop
+    s = np.fft.rfft(sliding_window_view(d, nps)[::hop] * wsk, axis=1)
+    ps = s.real ** 2 + s.imag ** 2
+    sk = ps.shape[0] * (ps * ps).sum(axis=0) / ps.sum(axis=0) ** 2 - 2.0
+    width = an.env_width_sk
+    f0 = 1 + int(np.argmax(np.convolve(sk[1:-1], np.ones(width), "valid")))
+    dsk = RATE / nps
+    klo = max(1, int(np.ceil((f0 - 0.5) * dsk / an.df)))
+    khi = min(an.n // 2 - 1, int(np.floor((f0 + width - 0.5) * dsk / an.df)))
+    return float(sk[1:-1].max()), klo, khi
+
+
+def _bearing(out: dict, eamp: np.ndarray, an) -> None:  # type: ignore[no-untyped-def, type-arg]
+    for name, order in an.orders.items():
+        fault = order * SHAFT
+        tol = max(an.slip * fault, an.df)
+        k0, k1 = max(2, int(np.ceil((fault - tol) / an.df))), int(np.floor((fault + tol) / an.df))
+        out[name] = eamp[k0:k1 + 1].max()
+
+
+def careful_scipy(x: np.ndarray, an, c: np.ndarray, wsk: np.ndarray) -> dict:  # type: ignore[no-untyped-def]
+    """The same features as a careful NumPy/SciPy user writes them: vectorised, one rfft for every spectral
+    feature, a batched STFT, scipy.signal.find_peaks, and the envelope by scipy.signal.hilbert (full length)."""
+    out, d, m2 = _time_domain(x)
+    y = np.fft.rfft(d * an.window)
+    pw = y.real ** 2 + y.imag ** 2
+    p = c * pw
+    amp = (2.0 / an.sum_w) * np.sqrt(pw)
+    cs = np.concatenate(([0.0], np.cumsum(p)))
+    out["bands"] = m2 * (cs[an.band_bins[:, 1]] - cs[an.band_bins[:, 0]]) / cs[-1]
+    out["dominant_hz"] = (1 + np.argmax(amp[1:])) * an.df
+    idx, _ = scipy.signal.find_peaks(amp)
+    top = idx[np.argsort(-amp[idx], kind="stable")[:an.n_peaks]]
+    out["peaks"] = np.stack([top * an.df, amp[top]], axis=1)
+    out["velocity_rms"] = np.sqrt(p[an.vlo:an.vhi + 1] @ an.vel_w)
+    out["sk_max"], klo, khi = _sk_band(d, an, wsk)
+    yb = np.zeros_like(y)
+    yb[klo:khi + 1] = y[klo:khi + 1]
+    env = np.abs(scipy.signal.hilbert(np.fft.irfft(yb, an.n)))
+    _bearing(out, (4.0 / an.n) * np.abs(np.fft.rfft(env)), an)
+    return out
+
+
+def vectorised_numpy(x: np.ndarray, an, c: np.ndarray, wsk: np.ndarray) -> dict:  # type: ignore[no-untyped-def]
+    """The kernel's algorithm in NumPy: one rfft reused, cumulative sums, a batched STFT, a decimated envelope."""
+    out, d, m2 = _time_domain(x)
+    n = x.shape[0]
     y = np.fft.rfft(d * an.window)
     pw = y.real ** 2 + y.imag ** 2
     p = c * pw
@@ -101,26 +131,12 @@ def vectorised_numpy(x: np.ndarray, an, c: np.ndarray, wsk: np.ndarray) -> dict:
     top = idx[np.argsort(-amp[idx], kind="stable")[:an.n_peaks]]
     out["peaks"] = np.stack([top * an.df, amp[top]], axis=1)
     out["velocity_rms"] = np.sqrt(p[an.vlo:an.vhi + 1] @ an.vel_w)
-    nps, hop = an.sk_nperseg, an.sk_hop
-    s = np.fft.rfft(sliding_window_view(d, nps)[::hop] * wsk, axis=1)
-    ps = s.real ** 2 + s.imag ** 2
-    sk = ps.shape[0] * (ps * ps).sum(axis=0) / ps.sum(axis=0) ** 2 - 2.0
-    out["sk_max"] = sk[1:-1].max()
-    width = an.env_width_sk
-    f0 = 1 + int(np.argmax(np.convolve(sk[1:-1], np.ones(width), "valid")))
-    dsk = RATE / nps
-    klo = max(1, int(np.ceil((f0 - 0.5) * dsk / an.df)))
-    khi = min(len(y) - 2, int(np.floor((f0 + width - 0.5) * dsk / an.df)))
+    out["sk_max"], klo, khi = _sk_band(d, an, wsk)
     m = an.env_m
     zb = np.zeros(m, complex)
     zb[:khi - klo + 1] = 2.0 * y[klo:khi + 1]
     env = (m / n) * np.abs(np.fft.ifft(zb))
-    eamp = (4.0 / m) * np.abs(np.fft.rfft(env))
-    for name, order in an.orders.items():
-        fault = order * SHAFT
-        tol = max(an.slip * fault, an.df)
-        k0, k1 = max(2, int(np.ceil((fault - tol) / an.df))), int(np.floor((fault + tol) / an.df))
-        out[name] = eamp[k0:k1 + 1].max()
+    _bearing(out, (4.0 / m) * np.abs(np.fft.rfft(env)), an)
     return out
 
 
@@ -136,7 +152,7 @@ def check_agreement(x, an, c, wsk) -> float:  # type: ignore[no-untyped-def]
     """Largest relative difference between the three implementations over the compared features."""
     nb = numba_named(an.compute(x, SHAFT)[0], an)
     worst = 0.0
-    for other in (plain_scipy(x, an), vectorised_numpy(x, an, c, wsk)):
+    for other in (careful_scipy(x, an, c, wsk), vectorised_numpy(x, an, c, wsk)):
         for k in ("rms", "kurtosis", "skewness", "clearance", "velocity_rms", "sk_max", "dominant_hz",
                   "bpfo", "bpfi", "bsf", "ftf"):
             worst = max(worst, abs(other[k] - nb[k]) / abs(nb[k]))
@@ -147,26 +163,36 @@ def check_agreement(x, an, c, wsk) -> float:  # type: ignore[no-untyped-def]
 
 # ---------------------------------------------------------------------------------------------- measurement
 
-def per_call_us(fn, min_time: float = 0.6) -> float:  # type: ignore[no-untyped-def]
-    """CPU time per call, µs: the best of 7 batches of process CPU time (not wall time, so other processes on a
-    shared machine do not inflate it)."""
-    fn()
-    reps = 1
-    while True:
-        t = time.process_time()
-        for _ in range(reps):
-            fn()
-        dt = time.process_time() - t
-        if dt > min_time / 7 or reps > 1 << 20:
-            break
-        reps *= 2
-    samples = []
-    for _ in range(7):
-        t = time.process_time()
-        for _ in range(reps):
-            fn()
-        samples.append((time.process_time() - t) / reps)
-    return float(np.min(samples) * 1e6)
+def interleaved_us(fns: dict, turns: int = 15, batch_s: float = 0.05  # type: ignore[type-arg]
+                   ) -> dict[str, list[float]]:
+    """CPU µs per call of each function, per turn: the functions take turns (A B C A B C ...), each turn one batch
+    of about `batch_s` of process CPU time (not wall time, so other processes on a shared machine inflate it
+    less)."""
+    reps: dict[str, int] = {}
+    for name, fn in fns.items():
+        fn()
+        r = 1
+        while True:
+            t = time.process_time()
+            for _ in range(r):
+                fn()
+            if time.process_time() - t > batch_s / 4 or r > 1 << 20:
+                break
+            r *= 2
+        reps[name] = r * 4
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(turns):
+        for name, fn in fns.items():
+            r = reps[name]
+            t = time.process_time()
+            for _ in range(r):
+                fn()
+            out[name].append((time.process_time() - t) / r * 1e6)
+    return out
+
+
+def lo_med(v: list[float]) -> tuple[float, float]:
+    return min(v), statistics.median(v)
 
 
 def fft_engines() -> list[tuple[str, float, float]]:
@@ -205,8 +231,8 @@ def fft_engines() -> list[tuple[str, float, float]]:
             ("ifft 512 (complex)", ifft_loop, z, lambda: np.fft.ifft(z)),
             ("rfft 127×64 (STFT batch)", rfft2_loop, segs, lambda: np.fft.rfft(segs, axis=1))):
         loop(arg, 1)
-        inside = per_call_us(lambda: loop(arg, 100), 0.3) / 100
-        rows.append((name, inside, per_call_us(np_call, 0.3)))
+        t = interleaved_us({"inside": lambda: loop(arg, 100), "numpy": np_call}, turns=7, batch_s=0.03)
+        rows.append((name, statistics.median(t["inside"]) / 100, statistics.median(t["numpy"])))
     return rows
 
 
@@ -235,41 +261,6 @@ def cpu_per_sensor_second(rate: float, axes: int, window: int, hop: int, seconds
     return (time.process_time() - t) / seconds
 
 
-STARTUP = r"""
-import time, sys
-from agent.signal.cache import configure_cache
-configure_cache(sys.argv[1])
-import numpy as np
-from agent.config import SensorConfig
-from agent.processing import make_processor
-from hal.types import Block
-sensor = SensorConfig(name="vib", driver="emulated.vibration", kind="stream", options={"rate_hz": 25600.0},
-                      window=4096, hop=4096, features={"bands": [[0, 1000], [1000, 12800]], "iso": "group2_rigid",
-                      "bearing": "6205", "shaft_hz": 29.95, "envelope": {"band": "auto"}})
-proc = make_processor(sensor)
-x = np.random.default_rng(0).normal(size=4096)
-out = proc.on_block(Block("vib", 0, 25600.0, x, "m/s2"))
-assert out and out[0].payload["features"]["x"]["rms"] > 0
-first = time.time()
-import resource
-print(first, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "scipy.fft" in sys.modules)
-"""
-
-
-def startup(cache_dir: str) -> tuple[float, float, int, bool]:
-    """Process start to the first features record: wall seconds, CPU seconds (user + system), peak RSS (KiB),
-    and whether scipy.fft was imported."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    launched = time.time()
-    r = subprocess.run([sys.executable, "-c", STARTUP, cache_dir], capture_output=True, text=True, cwd=ROOT)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if r.returncode:
-        raise RuntimeError(r.stderr)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)  # includes the exit
-    first, rss, scipy_fft = r.stdout.split()
-    return float(first) - launched, cpu, int(rss), scipy_fft == "True"
-
-
 def machine() -> str:
     model = platform.processor() or platform.machine()
     try:
@@ -287,18 +278,12 @@ def machine() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter runs (noisier figures)")
+    ap.add_argument("--turns", type=int, default=15, help="interleaved turns per implementation (default 15)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
     seconds = 10.0 if args.quick else 30.0
-    print(f"machine: {machine()}")
-
-    # start-up first: the cache directory is still empty
-    cold, cold_cpu, cold_rss, _ = startup(CACHE)
-    warm_runs = [startup(CACHE) for _ in range(5)]
-    warm = min(r[0] for r in warm_runs)
-    warm_cpu = min(r[1] for r in warm_runs)
-    warm_rss = max(r[2] for r in warm_runs)
-    scipy_fft = any(r[3] for r in warm_runs)
+    turns = min(args.turns, 7) if args.quick else args.turns
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at start")
 
     from agent.signal.analyzer import Analyzer, hann
 
@@ -313,21 +298,27 @@ def main() -> int:
     out = np.empty((1, an.row_length))
     out3 = np.empty((3, an.row_length))
     x1 = np.ascontiguousarray(x[:, None])
-    t_numba = per_call_us(lambda: an.compute(x1, SHAFT, out))
-    t_numba3 = per_call_us(lambda: an.compute(x3, SHAFT, out3))
-    t_plain = per_call_us(lambda: plain_scipy(x, an))
-    t_vec = per_call_us(lambda: vectorised_numpy(x, an, c, wsk))
+    t = interleaved_us({
+        "numba": lambda: an.compute(x1, SHAFT, out),
+        "numba3": lambda: an.compute(x3, SHAFT, out3),
+        "scipy": lambda: careful_scipy(x, an, c, wsk),
+        "numpy": lambda: vectorised_numpy(x, an, c, wsk),
+    }, turns=turns)
+    (nb_lo, nb_med), (nb3_lo, nb3_med) = lo_med(t["numba"]), lo_med(t["numba3"])
+    (sc_lo, sc_med), (np_lo, np_med) = lo_med(t["scipy"]), lo_med(t["numpy"])
 
-    print(f"\nfull feature set, one {N}-sample window at {RATE:g} Hz (implementations agree to {worst:.1e}; "
-          "best of 7 batches of process CPU time):")
-    print("| implementation | CPU µs per window | Numba speed-up |")
-    print("|---|---:|---:|")
-    print(f"| Numba kernel (`analyze_window`), 1 axis | {t_numba:.0f} | 1× |")
-    print(f"| Numba kernel, 3 axes in one call | {t_numba3:.0f} ({t_numba3 / 3:.0f} per axis) | |")
-    print(f"| plain NumPy/SciPy | {t_plain:.0f} | {t_plain / t_numba:.1f}× |")
-    print(f"| vectorised NumPy | {t_vec:.0f} | {t_vec / t_numba:.1f}× |")
+    print(f"\nfull feature set, one {N}-sample window at {RATE:g} Hz (implementations agree to {worst:.1e}); CPU µs "
+          f"per window, {turns} interleaved turns:")
+    print("| implementation | min | median | Numba speed-up (medians; mins) |")
+    print("|---|---:|---:|---:|")
+    print(f"| Numba kernel (`analyze_window`), 1 axis | {nb_lo:.0f} | {nb_med:.0f} | 1× |")
+    print(f"| Numba kernel, 3 axes in one call | {nb3_lo:.0f} | {nb3_med:.0f} ({nb3_med / 3:.0f} per axis) | |")
+    print(f"| NumPy/SciPy, careful (one rfft, `scipy.signal.hilbert`) | {sc_lo:.0f} | {sc_med:.0f} | "
+          f"{sc_med / nb_med:.1f}×; {sc_lo / nb_lo:.1f}× |")
+    print(f"| NumPy, the kernel's algorithm (decimated envelope) | {np_lo:.0f} | {np_med:.0f} | "
+          f"{np_med / nb_med:.1f}×; {np_lo / nb_lo:.1f}× |")
 
-    print("\nFFT engine, CPU µs per transform:")
+    print("\nFFT engine, CPU µs per transform (median of 7 interleaved turns):")
     print("| transform | rocket-fft inside Numba | numpy.fft from Python |")
     print("|---|---:|---:|")
     engines = fft_engines()
@@ -341,25 +332,12 @@ def main() -> int:
     print(f"| 3-axis 3.2 kHz accelerometer, window 4096, no overlap | {a3:.4f} | {3200 / 4096:.2f} |")
     hf = cpu_per_sensor_second(25600.0, 1, 4096, 2048, seconds)
     print(f"| 1 channel 25.6 kHz, window 4096, 50 % overlap | {hf:.4f} | {25600 / 2048:.1f} |")
-
-    print("\nstart-up, process start to first features record (python -c, import, processor, one window):")
-    print("| cache | seconds to first record | CPU seconds (whole process) | peak RSS |")
-    print("|---|---:|---:|---:|")
-    print(f"| cold (compiles, writes the cache) | {cold:.2f} | {cold_cpu:.2f} | {cold_rss / 1024:.0f} MB |")
-    print(f"| warm (best of 5) | {warm:.2f} | {warm_cpu:.2f} | {warm_rss / 1024:.0f} MB |")
-    print(f"scipy.fft imported by the agent process: {'yes' if scipy_fft else 'no'}; "
-          f"this benchmark's own peak RSS (with SciPy): "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
-
-    print("\ntargets: ≥ 20× plain SciPy: {}, ≥ 2.5× vectorised NumPy: {}, ≤ 0.2 ms per window: {}, "
-          "≤ 1 s to first feature (warm): {}".format(
-              *("met" if ok else "NOT met" for ok in (t_plain / t_numba >= 20, t_vec / t_numba >= 2.5,
-                                                      t_numba <= 200, warm <= 1.0))))
+    print(f"load average {os.getloadavg()[0]:.1f} at end")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "machine": machine(), "numba_us": t_numba, "numba_3axes_us": t_numba3, "plain_us": t_plain,
-            "vectorised_us": t_vec, "agree": worst, "fft": engines, "cpu_3axis_3k2": a3, "cpu_25k6_50pct": hf,
-            "cold_s": cold, "warm_s": warm, "warm_cpu_s": warm_cpu, "warm_rss_kb": warm_rss}, indent=1))
+            "machine": machine(), "numba_us": t["numba"], "numba_3axes_us": t["numba3"], "scipy_us": t["scipy"],
+            "numpy_us": t["numpy"], "agree": worst, "fft": engines, "cpu_3axis_3k2": a3, "cpu_25k6_50pct": hf},
+            indent=1))
     return 0
 
 

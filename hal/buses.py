@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hal.errors import ConfigurationError
-from hal.options import Option, in_range, parse_options, positive
+from hal.options import Option, at_most, in_range, parse_options
 
 GENERIC_KEYS = ("type", "backend")
 PARITIES = ("N", "E", "O")
@@ -31,11 +31,11 @@ BUS_OPTIONS: dict[str, list[Option]] = {
     ],
     "serial": [
         Option("port", str, "", "serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/..."),
-        Option("baudrate", int, 115200, "baud rate", positive),
+        Option("baudrate", int, 115200, "baud rate", in_range(50, 16_000_000)),
         Option("bytesize", int, 8, "data bits", choices=(5, 6, 7, 8)),
         Option("parity", str, "N", "parity: N, E or O", choices=PARITIES),
         Option("stopbits", int, 1, "stop bits", choices=(1, 2)),
-        Option("timeout_s", (int, float), 0.5, "read timeout", positive),
+        Option("timeout_s", (int, float), 0.5, "read timeout", at_most(60)),
     ],
     "modbus_tcp": [
         Option("host", str, "", "IP address or host name of the device or gateway"),
@@ -46,7 +46,7 @@ BUS_OPTIONS: dict[str, list[Option]] = {
     ],
     "modbus_rtu": [
         Option("port", str, "", "serial device of the RS-485 adapter, e.g. /dev/ttyUSB0"),
-        Option("baudrate", int, 9600, "baud rate", positive),
+        Option("baudrate", int, 9600, "baud rate", in_range(50, 16_000_000)),
         Option("bytesize", int, 8, "data bits", choices=(7, 8)),
         Option("parity", str, "N", "parity: N, E or O", choices=PARITIES),
         Option("stopbits", int, 1, "stop bits", choices=(1, 2)),

@@ -36,6 +36,10 @@ class CrcError(BusError):
     """An answer arrived but its checksum was wrong (noise, a second master, a wrong baud rate)."""
 
 
+class ProtocolError(BusError):
+    """An answer arrived but does not fit the request (short, long, garbled): none of its values are used."""
+
+
 class BusStuck(BusError):
     """The bus itself is unusable (SDA held low, adapter unplugged): every transaction fails."""
 

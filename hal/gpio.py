@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from hal.options import Option, in_range, positive
+from hal.options import Option, at_most, in_range
 from hal.types import Quality, Reading, now_ns
 
 _FACTORIES = {"lgpio": "gpiozero.pins.lgpio:LGPIOFactory", "rpigpio": "gpiozero.pins.rpigpio:RPiGPIOFactory",
@@ -160,6 +160,12 @@ class GpioState(_GpioInput):
     OPTIONS = [PIN, PULL, ACTIVE,
                Option("emulate_signal", str, "running", "emulation only: plant signal driving the input (\"\": none)")]
 
+    def channels(self) -> list[tuple[str, str]]:
+        return [(self.name, "")]
+
+    def channel_types(self) -> dict[str, type]:
+        return {self.name: bool}
+
     def poll(self) -> list[Reading]:
         self.counters["polls"] += 1
         if self.device is None:
@@ -174,7 +180,8 @@ class GpioCounter(_GpioInput):
     DEFAULT_SIGNAL = "part_rate"
     STIMULUS = "pulses"
     OPTIONS = [PIN, PULL, ACTIVE,
-               Option("debounce_ms", (int, float), 10.0, "a level must be stable this long to count", in_range(0, 10000)),
+               Option("debounce_ms", (int, float), 10.0, "a level must be stable this long to count",
+                      in_range(0, 10000)),
                Option("emulate_signal", str, "part_rate", "emulation only: plant signal (events per second)")]
 
     def started(self, dev: Any) -> None:
@@ -197,6 +204,12 @@ class GpioCounter(_GpioInput):
             self._raw = active
             self._since = ticks
 
+    def channels(self) -> list[tuple[str, str]]:
+        return [(self.name, "count")]
+
+    def channel_types(self) -> dict[str, type]:
+        return {self.name: int}
+
     def poll(self) -> list[Reading]:
         self.counters["polls"] += 1
         if self.device is None:
@@ -216,9 +229,9 @@ class GpioFrequency(_GpioInput):
     STIMULUS = "square"
     OPTIONS = [PIN, PULL, ACTIVE,
                Option("pulses_per_rev", int, 1, "tachometer pulses per shaft revolution", in_range(1, 10000)),
-               Option("window_s", (int, float), 1.0, "averaging window", positive),
-               Option("timeout_s", (int, float), 2.0, "no edge for this long means stopped", positive),
-               Option("max_hz", (int, float), 5000.0, "ignore edges closer than 1/max_hz (glitches)", positive),
+               Option("window_s", (int, float), 1.0, "averaging window", at_most(3600)),
+               Option("timeout_s", (int, float), 2.0, "no edge for this long means stopped", at_most(3600)),
+               Option("max_hz", (int, float), 5000.0, "ignore edges closer than 1/max_hz (glitches)", at_most(1e6)),
                Option("emulate_signal", str, "shaft_speed_hz", "emulation only: plant signal (Hz)")]
 
     def started(self, dev: Any) -> None:
@@ -249,6 +262,9 @@ class GpioFrequency(_GpioInput):
         span = diff(recent[-1], recent[0])
         return (len(recent) - 1) / span if span > 0 else 0.0
 
+    def channels(self) -> list[tuple[str, str]]:
+        return [(f"{self.name}.frequency", "Hz"), (f"{self.name}.speed", "rpm")]
+
     def poll(self) -> list[Reading]:
         self.counters["polls"] += 1
         if self.device is None:
@@ -268,7 +284,8 @@ class GpioOutput:
 
     kind: ClassVar[str] = "slow"
     OPTIONS = [PIN,
-               Option("writable", bool, False, "must be true: outputs exist only when marked writable", _writable_check),
+               Option("writable", bool, False, "must be true: outputs exist only when marked writable",
+                      _writable_check),
                Option("initial", bool, False, "state at open"),
                Option("active", str, "high", "electrical level that means on", choices=("high", "low"))]
 
@@ -316,6 +333,12 @@ class GpioOutput:
         self.set(bool(value))
         assert self.device is not None
         return bool(self.device.value)
+
+    def channels(self) -> list[tuple[str, str]]:
+        return [(self.name, "")]
+
+    def channel_types(self) -> dict[str, type]:
+        return {self.name: bool}
 
     def poll(self) -> list[Reading]:
         self.counters["polls"] += 1

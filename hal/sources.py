@@ -4,6 +4,10 @@ Drivers are found by name in `DRIVERS` (module path and class, imported lazily s
 needs hardware libraries). Each driver class declares `OPTIONS` (a `hal.options` schema) and is constructed as
 `Driver(name, options, context)` with already-validated options; `open()` touches the hardware, `close()` is
 idempotent. A read never raises for a bus fault: it returns values with quality `bad`.
+
+Declared channels (what a consumer may learn before the first read, e.g. Sparkplug's births): a slow source
+offers `channels() -> [(channel, unit)]`, every channel its `poll()` may return, and optionally
+`channel_types() -> {channel: bool | int | float | str}` (float when absent); a stream source has `axes`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+STANDARD_GRAVITY = 9.80665  # m/s² per g (standard acceleration of gravity, exact by definition)
+
 
 class Quality(str, enum.Enum):
     """OPC UA's three quality classes."""

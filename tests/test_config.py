@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Broker, load, load_demo, parse, resolve_state_dir
+from agent.cli.common import resolve_state_dir
+from agent.config import Broker, load, load_demo, parse
 from agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

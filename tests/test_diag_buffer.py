@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.cli_diag import follow, open_outbox
+from agent.cli.buffer import follow
+from agent.cli.common import open_outbox
 from agent.service import Service
 from tests.agent_helpers import run_agent, wait
 from tests.mqtt_helpers import free_port

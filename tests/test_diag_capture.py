@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from agent.cli import main
-from agent.cli_diag_capture import LEFT, PANEL_H, PANEL_W, TOPS, HEIGHT, WIDTH
-from agent.cli_diag_plot import MARKERS, TRACE
+from agent.cli.capture import LEFT, PANEL_H, PANEL_W, TOPS, HEIGHT, WIDTH
+from agent.cli.plot import MARKERS, TRACE
 from agent.signal.bearings import preset
 
 CONFIG = """

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import build_parser
-from agent.cli_diag_doctor import Doctor
+from agent.cli.doctor import Doctor
 from agent.config import load
 from hal.i2c import open_i2c
 from hal.sources import HalContext

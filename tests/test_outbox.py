@@ -155,3 +155,43 @@ def test_records_older_than_max_age_are_dropped_with_gap_events(tmp_path: Path) 
     (gap,) = _gap_events(tmp_path / "outbox.db")
     assert gap["reason"] == "expired" and gap["ranges"] == [[0, 4]] and gap["count"] == 5
     assert ob.stats.get("outbox_dropped_expired") == 5
+
+
+def test_an_existing_outbox_is_converted_to_incremental_vacuum_keeping_its_records(tmp_path: Path) -> None:
+    """An outbox made before incremental vacuum (auto_vacuum NONE) is converted at start when there is room."""
+    from agent.outbox import _SCHEMA
+    with sqlite3.connect(tmp_path / "outbox.db") as c:
+        c.execute("PRAGMA journal_mode=WAL")
+        c.executescript(_SCHEMA)
+        c.executemany("INSERT INTO records(stream, seq, ts_ns, kind, quality, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                      [("a", i, i, "reading", "good", '{"value": %d}' % i) for i in range(50)])
+        c.execute("INSERT INTO streams VALUES ('a', 'reading', 50)")
+        assert c.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    ob = Outbox(tmp_path, OutboxConfig(commit_interval_ms=5))
+    ob.start()
+    ob.put(emit("a", 50))
+    assert ob.flush(10)
+    ob.stop()
+    with sqlite3.connect(tmp_path / "outbox.db") as c:
+        assert c.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [r[1] for r in all_rows(tmp_path / "outbox.db")] == list(range(51))
+
+
+def test_a_record_that_can_never_be_committed_is_counted_as_not_committed(tmp_path: Path) -> None:
+    """A payload JSON cannot carry (a set) is refused alone, the rest of its batch is committed, and the loss is a
+    `not_committed` gap event."""
+    import json
+    ob = Outbox(tmp_path, OutboxConfig(commit_interval_ms=5))
+    ob.start()
+    ob.put(emit("a", 0))
+    ob.put(Emit("reading", "a", 1_700_000_000_000_000_001, {"value": {1, 2}}))
+    ob.put(emit("a", 2))
+    assert ob.flush(10)
+    ob.stop()
+    rows = all_rows(tmp_path / "outbox.db")
+    assert [r[1] for r in rows if r[0] == "a"] == [0, 1]
+    (gap,) = [json.loads(r[3]) for r in rows if r[0] == GAP_STREAM]
+    assert (gap["reason"], gap["gap_stream"], gap["count"], gap["ranges"]) == ("not_committed", "a", 1, [])
+    assert gap["first_ts"] == gap["last_ts"] == "2023-11-14T22:13:20.000Z"
+    assert ob.lost_total == 1

@@ -142,3 +142,31 @@ def test_seq_continues_across_restarts(broker, subscriber_factory, tmp_path: Pat
     for stream, s in seqs.items():
         assert s == list(range(len(s))), f"{stream} restarted its sequence: {s}"
         assert len(s) >= 3
+
+
+def test_stream_sensors_are_read_once_the_kernels_are_ready_slow_sensors_at_once(monkeypatch, tmp_path: Path) -> None:
+    import threading
+
+    from agent import pipeline, processing
+
+    class GatedLoader(processing.KernelLoader):  # the real loader, held back: a slow (cold-cache) kernel load
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = threading.Event()
+
+        def _load(self) -> None:
+            assert self.gate.wait(60)
+            super()._load()
+
+    loader = GatedLoader()
+    monkeypatch.setattr(processing, "KERNELS", loader)
+    monkeypatch.setattr(pipeline, "KERNELS", loader)
+    agent = run_agent(small_config(free_port()), tmp_path / "state")  # no broker needed: the outbox keeps records
+    try:
+        assert wait(lambda: agent.stats.get("reads.temp") >= 3, 30)  # slow sensors run while the kernels load
+        assert agent.stats.get("samples.vib") == 0  # the accelerometer waits for them
+        loader.gate.set()
+        assert wait(lambda: agent.stats.get("samples.vib") >= 250, 60)
+        assert wait(lambda: agent.processors["vib"].windows >= 1, 60)  # type: ignore[attr-defined]
+    finally:
+        agent.stop(drain_s=0)

@@ -2,6 +2,7 @@
 ticks (no clocks, no threads)."""
 
 import json
+import threading
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from agent.config import SensorConfig
 from agent.errors import ConfigError
+from agent import processing
 from agent.processing import ValueBoard, make_processor
 from agent.records import payload_json
 from agent.signal import bearings
@@ -263,3 +265,77 @@ def test_the_board_gives_the_tachometer_reading_nearest_to_the_window():
     proc = make_processor(sensor, board)
     assert proc.shaft_hz(T0 + 100) == pytest.approx(10.0)
     assert proc.shaft_hz(T0 + 2 * NS + 11 * NS) is None  # the nearest reading is 11 s away: too old
+
+
+class GatedLoader(processing.KernelLoader):
+    """The real loader, held back until the test opens the gate (a slow, cold-cache load on demand)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.fail = fail
+
+    def _load(self) -> None:
+        assert self.gate.wait(60)
+        if self.fail:
+            self.error = ImportError("no module named 'numba' (test)")
+            self.done.set()
+            return
+        super()._load()
+
+
+def test_background_processor_keeps_windows_until_the_kernels_load_then_computes_them_in_order(monkeypatch):
+    loader = GatedLoader()
+    monkeypatch.setattr(processing, "KERNELS", loader)
+    proc = make_processor(stream_sensor(window=1024), background=True)  # returns while the kernels "load"
+    x = np.random.default_rng(3).normal(size=(3 * 1024, 1))
+    assert run_stream(proc, x) == []
+    assert proc.tick(T0) == []
+    loader.gate.set()
+    loader.wait(60)
+    out = proc.tick(T0 + NS)
+    assert [e.ts_ns for e in out] == [T0 + int(round(k * 1024 * NS / 3200.0)) for k in range(3)]
+    assert all(e.kind == "features" and "gap_before" not in e.payload for e in out)
+    # the same numbers as a processor that had its kernels from the start
+    direct = run_stream(make_processor(stream_sensor(window=1024)), x)
+    assert [e.payload for e in out] == [e.payload for e in direct]
+    # once ready, windows are computed as they complete
+    assert len(run_stream(proc, x[:1024], t0=T0 + 3 * 1024 * NS // 3200 + 1)) == 1
+
+
+def test_windows_beyond_the_pending_bound_are_dropped_and_reported_as_a_gap(monkeypatch):
+    loader = GatedLoader()
+    monkeypatch.setattr(processing, "KERNELS", loader)
+    monkeypatch.setattr(processing, "PENDING_WINDOWS", 2)
+    proc = make_processor(stream_sensor(window=512), background=True)
+    x = np.random.default_rng(4).normal(size=(5 * 512, 1))
+    assert run_stream(proc, x) == []
+    loader.gate.set()
+    loader.wait(60)
+    out = proc.tick(T0)
+    assert len(out) == 2
+    assert out[0].payload["gap_before"] == 3 * 512  # the three oldest windows, dropped, are not silently lost
+    assert "gap_before" not in out[1].payload
+
+
+def test_a_kernel_load_failure_is_raised_by_the_processor(monkeypatch):
+    loader = GatedLoader(fail=True)
+    monkeypatch.setattr(processing, "KERNELS", loader)
+    proc = make_processor(stream_sensor(window=512), background=True)
+    x = np.random.default_rng(5).normal(size=(512, 1))
+    assert run_stream(proc, x) == []
+    loader.gate.set()
+    assert loader.done.wait(60)
+    with pytest.raises(RuntimeError, match="feature kernels could not be loaded.*numba"):
+        run_stream(proc, x)
+
+
+def test_kernels_still_compute_the_same_after_their_compiler_pages_are_released():
+    proc = make_processor(stream_sensor({"bands": [[0, 400]], "sk": True, "envelope": {"band": "auto"}}, window=1024))
+    x = np.random.default_rng(6).normal(size=(2 * 1024, 1))
+    before = run_stream(proc, x[:1024])
+    released = processing.release_compiler_pages()
+    assert isinstance(released, int) and released >= 0
+    again = run_stream(make_processor(stream_sensor({"bands": [[0, 400]], "sk": True,
+                                                     "envelope": {"band": "auto"}}, window=1024)), x[:1024])
+    assert before and [payload_json(e.payload) for e in again] == [payload_json(e.payload) for e in before]

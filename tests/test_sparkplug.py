@@ -142,7 +142,7 @@ def test_births_data_and_death_in_order_with_consistent_aliases(broker, host, tm
     msgs = host.snapshot()
     assert msgs[0][0] == f"spBv1.0/{GROUP}/NBIRTH/{NODE}"
     births = check_stream(msgs)
-    assert set(births) == {"vib", "temp"}
+    assert set(births) == {"vib", "temp", "agent"}
     temp = {m.name: m for m in births["temp"].metrics}
     assert temp["value"].datatype.name == "DOUBLE"
     vib = {m.name for m in births["vib"].metrics}
@@ -291,7 +291,7 @@ def test_sparkplug_config_requires_a_group(tmp_path: Path) -> None:
     assert "agent.toml: sparkplug.group_id: missing: expected a group id" in str(err.value)
     with pytest.raises(ConfigError, match=r"sparkplug.group_id: expected an id without"):
         parse({"mqtt": {"format": "sparkplug"}, "sparkplug": {"group_id": "a/b"}}, "agent.toml")
-    assert dataclasses.asdict(SparkplugConfig())["data_qos"] == 1
+    assert dataclasses.asdict(SparkplugConfig())["data_qos"] == 0
 
 
 def test_dcmd_writes_go_through_the_command_allow_list(broker, host, tmp_path: Path) -> None:
@@ -317,8 +317,8 @@ def test_dcmd_writes_go_through_the_command_allow_list(broker, host, tmp_path: P
         for topic, raw in host.snapshot():
             kind = topic.split("/")[2] if not topic.startswith("spBv1.0/STATE") else ""
             if kind == "DBIRTH":
-                births["stack_light"] = pysparkplug.DBirth.decode(raw)
-            elif kind == "DDATA":
+                births[topic.split("/")[-1]] = pysparkplug.DBirth.decode(raw)
+            elif kind == "DDATA" and topic.endswith("/stack_light"):
                 out += [m.value for m in pysparkplug.DData.decode(raw, birth=births["stack_light"]).metrics]
         return out
 

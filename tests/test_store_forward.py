@@ -51,7 +51,7 @@ def test_broker_restarted_several_times_mid_stream_loses_nothing(tmp_path: Path,
     sub = subscriber_factory(port, persistent=True)
     agent = run_agent(small_config(port), tmp_path / "state")
     try:
-        for cycle in range(3):
+        for _cycle in range(3):
             n = len(sub.records())
             assert sub.wait_for(lambda s: len(s.records()) >= n + 10)
             b.stop()
@@ -105,7 +105,7 @@ def test_sigkill_at_random_moments_loses_no_committed_record(broker, tmp_path: P
     sub = subscriber_factory(broker.port, "edge/k9/#")
     cmd = [sys.executable, "-m", "agent", "run", "--config", str(cfg), "--state-dir", str(state)]
     kills = 20
-    for i in range(kills):
+    for _kill in range(kills):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             # wait until it is running (its birth message), then let it work for a random moment

@@ -16,13 +16,10 @@ import numpy as np
 from agent.signal import bearings, iso, layout
 from agent.signal.kernels import analyze_window
 from agent.signal.schema import validate_features
+from agent.signal.spectrum import hann
+from hal.types import STANDARD_GRAVITY
 
-G = 9.80665  # m/s² per g
-
-
-def hann(n: int) -> np.ndarray:
-    """The periodic Hann window (scipy.signal.get_window("hann", n)), the window of every spectrum here."""
-    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+G = STANDARD_GRAVITY  # m/s² per g
 
 
 def _next_pow2(v: int) -> int:
@@ -36,12 +33,7 @@ def _env_length(band_bins: int) -> int:
 
 
 def bearing_geometry(value: str | Mapping[str, Any]) -> bearings.BearingGeometry | None:
-    if not value:
-        return None
-    if isinstance(value, str):
-        return bearings.preset(value)
-    return bearings.BearingGeometry(int(value["balls"]), float(value["ball_diameter"]),
-                                    float(value["pitch_diameter"]), float(value.get("contact_angle", 0.0)))
+    return bearings.geometry(value)
 
 
 class Analyzer:

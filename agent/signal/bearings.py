@@ -15,7 +15,9 @@ Pure Python: no Numba, no NumPy.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 FAULTS = ("bpfo", "bpfi", "bsf", "ftf")
 
@@ -73,3 +75,15 @@ def preset(name: str) -> BearingGeometry:
     except KeyError:
         raise ValueError(f"expected a bearing preset ({', '.join(sorted(PRESETS))}) or a geometry table, "
                          f"got {name!r}") from None
+
+
+def geometry(value: str | Mapping[str, Any]) -> BearingGeometry | None:
+    """A `features.bearing` value: a preset name, or a table {balls, ball_diameter, pitch_diameter[,
+    contact_angle]}; None when empty. Raises ValueError (unknown preset, impossible geometry), KeyError or
+    TypeError (a table missing a key or of the wrong type)."""
+    if not value:
+        return None
+    if isinstance(value, str):
+        return preset(value)
+    return BearingGeometry(int(value["balls"]), float(value["ball_diameter"]), float(value["pitch_diameter"]),
+                           float(value.get("contact_angle", 0.0)))

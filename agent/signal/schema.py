@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.signal import bearings, iso, layout
-from hal.options import REQUIRED, Option, in_range, non_negative, parse_options, positive
+from hal.options import REQUIRED, Option, at_most, in_range, non_negative, parse_options, positive
 
 STREAM_STATE_SOURCES = ("rms", "velocity_rms")
 ANOMALY_DEFAULT_STREAM = ("rms", "kurtosis", "velocity_rms")
@@ -66,12 +66,12 @@ _STATE = [
     Option("running_above", (int, float), REQUIRED, "at or above this the machine is running"),
     Option("hysteresis", (int, float), 0.0, "to leave a state, go this far beyond its band", non_negative),
     Option("min_dwell_s", (int, float), 0.0, "a new state must last this long before it is reported",
-           non_negative),
-    Option("report_s", (int, float), 60.0, "interval of the time-in-state report", positive),
+           at_most(86400, positive_only=False)),
+    Option("report_s", (int, float), 60.0, "interval of the time-in-state report", at_most(7 * 86400)),
 ]
 
 _ANOMALY = [
-    Option("z", (int, float), 4.0, "|z-score| at or above which a value is anomalous", positive),
+    Option("z", (int, float), 4.0, "|z-score| at or above which a value is anomalous", at_most(1000)),
     Option("warmup", int, 30, "values learnt before anomalies are reported", in_range(2, 10_000_000)),
     Option("features", list, [], "features watched (stream default: rms, kurtosis, velocity_rms)",
            lambda v: None if all(isinstance(x, str) for x in v) else "expected a list of feature names"),
@@ -89,7 +89,7 @@ STREAM = [
     Option("bearing", (str, dict), "", "bearing preset name or geometry table"),
     Option("shaft_hz", (int, float), 0.0, "shaft speed in Hz", non_negative),
     Option("tachometer", str, "", "slow sensor giving the shaft speed (Hz, or rpm if its unit is rpm)"),
-    Option("tachometer_max_age_s", (int, float), 10.0, "ignore older tachometer readings", positive),
+    Option("tachometer_max_age_s", (int, float), 10.0, "ignore older tachometer readings", at_most(86400)),
     Option("envelope", (dict, bool), False, "envelope analysis table (on by default with a bearing)"),
     Option("sk", bool, False, "report the spectral kurtosis maximum (on when the envelope band is auto)"),
     Option("sk_nperseg", int, 64, "spectral kurtosis segment length", _power_of_two),
@@ -101,8 +101,10 @@ STREAM = [
 SLOW = [
     Option("deadband", (int, float), 0.0, "report by exception: absolute change needed", non_negative),
     Option("deadband_pct", (int, float), 0.0, "report by exception: change in % of the last value", non_negative),
-    Option("heartbeat_s", (int, float), 0.0, "maximum silence with a deadband (default 300 s)", non_negative),
-    Option("aggregate_s", (int, float), 0.0, "interval of min/max/mean/std/count/last (0: off)", non_negative),
+    Option("heartbeat_s", (int, float), 0.0, "maximum silence with a deadband (default 300 s)",
+           at_most(7 * 86400, positive_only=False)),
+    Option("aggregate_s", (int, float), 0.0, "interval of min/max/mean/std/count/last (0: off)",
+           at_most(7 * 86400, positive_only=False)),
     Option("counter", bool, False, "the value is a counter: report deltas"),
     Option("rollover", int, 0, "counter modulus, e.g. 65536 (0: a decrease is a reset)", non_negative),
     Option("state", dict, {}, "machine state from this value (e.g. motor current)"),

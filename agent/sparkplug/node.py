@@ -1,28 +1,37 @@
 """Sparkplug B 3.0 edge node: the agent is the edge node, each configured sensor (or `device` group) a device.
 
 A wire format for the uplink (`agent.uplink.WireFormat`): the outbox, PUBACK tracking, order and backlog handling
-are the uplink's, exactly as for JSON; this module only decides which Sparkplug messages carry the records.
+are the uplink's, exactly as for JSON; this module only decides which Sparkplug messages carry the records. What
+metrics exist is `agent.sparkplug.metrics`'s (the catalog); this module must not invent metrics at run time.
 
 * Topics `spBv1.0/<group>/{NBIRTH,NDEATH,DBIRTH,DDATA,DDEATH}/<edge node>[/<device>]`; payloads are the spec's
   protobuf (`agent.sparkplug.proto`).
-* `bdSeq`: incremented before every CONNECT, in the NDEATH Last Will registered with that CONNECT and in the NBIRTH
-  that follows it; persisted in `<state dir>/sparkplug.json`, so it continues across restarts.
+* `bdSeq`: steps once per MQTT CONNECT actually sent (paho's `on_socket_open`, called after the TCP/TLS connection
+  is open and right before CONNECT is written; a refused or unreachable broker does not step it); the NDEATH Last
+  Will registered with that CONNECT and the NBIRTH of that session carry it. Persisted in
+  `<state dir>/sparkplug.json`, so it continues across restarts.
 * `seq`: 0 in NBIRTH, then +1 (mod 256) for every other node message (DBIRTH, DDATA, DDEATH).
-* NBIRTH always before any DBIRTH; a device's DBIRTH before its first DDATA and again whenever it gains a metric
-  (births carry every metric with its alias and current value); DDATA carries the metrics of the records it
-  publishes, by alias only, with `is_historical` for backlog. Slow channels are already report-by-exception
-  (the signal core's deadbands), so DATA carries only changed metrics.
-* A record whose quality is `bad` (the device did not answer) becomes a DDEATH; the next good one a new DBIRTH.
-* NCMD `Node Control/Rebirth` = true: NBIRTH and every DBIRTH again. DCMD metric writes go through the agent's
-  command handler (`set`: the same allow-list and limits as JSON commands).
+* Births: NBIRTH, then a DBIRTH for every device of the configuration, before any data. Each DBIRTH carries every
+  metric the device will report in the session (from the catalog, known before the first record), with alias,
+  datatype, unit and last value (null before the first one), so the set never changes within a session. DDATA
+  carries the metrics of the records it publishes, by alias only, with `is_historical` for backlog. A metric that
+  is not in the catalog (a bug) is not published: counted in `sparkplug_undeclared_metrics` and logged once.
+* A device whose reading channels are all `bad` (it stopped answering) gets a DDEATH; when one answers again, a
+  DBIRTH before its DDATA (the only DBIRTH after data, and only after a DDEATH). A single bad channel of a live
+  device is a DDATA null value with Quality BAD.
+* Quality (the `Quality` property): good → 192, uncertain → 0 (plus `edgeAgentQuality` = "uncertain"), bad → 0;
+  see `QUALITY` below for why.
+* A reload (`describe`) with the node born: a full rebirth, NBIRTH (seq 0, same bdSeq) and every DBIRTH, before
+  any record of the new configuration. NCMD `Node Control/Rebirth` = true: the same. DCMD metric writes go
+  through the agent's command handler (`set`: the same allow-list and limits as JSON commands).
 * Primary host: with `sparkplug.primary_host_id`, nothing is born before that host's retained `STATE` says
   `online` (with a timestamp not older than the last seen); when it goes offline the node publishes NDEATH and
   reconnects (a new bdSeq), records keep accumulating in the outbox, and once the host is back the node is born
   again and the backlog is flushed as historical, in order, beside live data.
 
-Data messages use QoS `sparkplug.data_qos` (default 1, so a record leaves the outbox only after the broker's
-PUBACK; the specification asks for QoS 0, which `data_qos = 0` gives at the cost of losing what is in flight when
-the link drops).
+BIRTH and DATA use QoS `sparkplug.data_qos`: 0 (the specification's) by default; 1 is an opt-in deviation. Either
+way a record leaves the outbox only once the broker is known to have read it (uplink: PUBACK for QoS 1, a later
+UNSUBACK for QoS 0); README "Sparkplug B 3.0" says what that gives end to end.
 """
 
 from __future__ import annotations
@@ -38,8 +47,10 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as mqtt
 
 from agent import __version__
+from agent.config import Config
 from agent.records import Record
 from agent.sparkplug import proto
+from agent.sparkplug.metrics import Catalog, MetricSpec, Router, catalog, record_metrics
 from agent.sparkplug.proto import Payload
 from hal.types import now_ns
 
@@ -50,24 +61,20 @@ log = logging.getLogger("edge_agent.sparkplug")
 
 NAMESPACE = "spBv1.0"
 REBIRTH = "Node Control/Rebirth"
-AGENT_DEVICE = "agent"  # device for records that belong to no sensor (outbox gap events, health)
-_QUALITY = {"good": 192, "uncertain": 64, "bad": 0}  # OPC quality codes, as SCADA hosts expect
+# The `Quality` property: the specification allows 0 (BAD), 192 (GOOD) and 500 (STALE) only. edge-agent's
+# `uncertain` (a value read but suspect: a clipped window, an interval with bad samples) becomes BAD, not GOOD: a
+# host must not treat a suspect value as good; the value itself is still sent, and the string property
+# `edgeAgentQuality` = "uncertain" tells it apart from a failed read (whose value is null). STALE is the host's
+# to set (a node or device that died); an edge node never reports it.
+QUALITY_BAD, QUALITY_GOOD, QUALITY_STALE = 0, 192, 500
+QUALITY = {"good": QUALITY_GOOD, "uncertain": QUALITY_BAD, "bad": QUALITY_BAD}
+_NO_VALUE = object()
+_TYPE_NAMES = {proto.INT64: "Int64", proto.DOUBLE: "Double", proto.BOOLEAN: "Boolean", proto.STRING: "String",
+               proto.BYTES: "Bytes"}
 
 
 def _ms(ns: int) -> int:
     return ns // 1_000_000
-
-
-def _datatype(value: Any) -> int:
-    if isinstance(value, bool):
-        return proto.BOOLEAN
-    if isinstance(value, int):
-        return proto.INT64
-    if isinstance(value, float) or value is None:
-        return proto.DOUBLE
-    if isinstance(value, (bytes, bytearray)):
-        return proto.BYTES
-    return proto.STRING
 
 
 def _fits(datatype: int, value: Any) -> bool:
@@ -84,13 +91,27 @@ def _fits(datatype: int, value: Any) -> bool:
     return isinstance(value, str)
 
 
-def _set_value(m: Any, datatype: int, value: Any) -> None:
-    m.datatype = datatype
+def _coerce(datatype: int, value: Any) -> Any:
+    """`value` as the declared datatype, or _NO_VALUE when it cannot be represented."""
+    if datatype == proto.INT64 and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if datatype == proto.BOOLEAN and not isinstance(value, bool) and value in (0, 1):
+        return bool(value)
+    if datatype == proto.STRING and not isinstance(value, (bytes, bytearray)):
+        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+    if datatype == proto.BYTES and isinstance(value, str):
+        return value.encode()
+    return _NO_VALUE
+
+
+def _set_value(m: Any, datatype: int, value: Any, with_type: bool = True) -> None:
+    if with_type:  # births only: DATA SHOULD NOT carry it (tck-id-payloads-metric-datatype-not-req)
+        m.datatype = datatype
     if value is None:
         m.is_null = True
     elif datatype == proto.DOUBLE:
         m.double_value = float(value)
-    elif datatype in (proto.INT64, proto.DATETIME):
+    elif datatype in (proto.INT64, proto.UINT64, proto.DATETIME):
         m.long_value = int(value) & 0xFFFFFFFFFFFFFFFF  # two's complement for negative values, as the spec says
     elif datatype == proto.BOOLEAN:
         m.boolean_value = bool(value)
@@ -127,14 +148,19 @@ def _add_property(m: Any, key: str, datatype: int, value: Any) -> None:
         pv.boolean_value = bool(value)
 
 
+def _add_quality(m: Any, quality: str) -> None:
+    _add_property(m, "Quality", proto.INT32, QUALITY.get(quality, QUALITY_BAD))
+    if quality == "uncertain":
+        _add_property(m, "edgeAgentQuality", proto.STRING, quality)
+
+
 @dataclass
 class _Metric:
     alias: int
-    datatype: int
+    spec: MetricSpec
     value: Any = None
     timestamp_ms: int = 0
-    unit: str = ""
-    quality: str = "good"
+    quality: str = ""  # "" until the first value
 
 
 @dataclass
@@ -142,6 +168,8 @@ class _Device:
     id: str
     metrics: dict[str, _Metric] = field(default_factory=dict)
     born: bool = False
+    bad: set[str] = field(default_factory=set)  # reading metrics whose last value was bad
+    readings: set[str] = field(default_factory=set)  # the device's reading metrics (all bad: the device is dead)
 
 
 class SparkplugFormat:
@@ -157,18 +185,55 @@ class SparkplugFormat:
         self.stats = uplink.stats
         self.state_path = Path(uplink.outbox.state_dir) / "sparkplug.json"
         saved = self._load_state()
-        self.bdseq = int(saved.get("bdseq", -1))  # the last one used; the next connect uses +1
+        self.bdseq = int(saved.get("bdseq", -1))  # the last one sent in a CONNECT; the next CONNECT uses +1
         self.host_ts = int(saved.get("primary_host_timestamp", 0))
         self.seq = 0
         self.node_born = False
         self.host_online = not self.primary
+        self.connects_sent = 0
         self._next_alias = 1
         self._node_aliases: dict[str, int] = {}
+        self.config = uplink.config
+        self.router = Router(list(self.config.sensors))
         self.devices: dict[str, _Device] = {}
-        # stream → (device, metric-name prefix); sensor names are the longest-prefix owners of their streams
-        self._sensors = sorted(((s.name, s.device or s.name) for s in uplink.config.sensors),
-                               key=lambda t: -len(t[0]))
-        self._route_cache: dict[str, tuple[str, str]] = {}
+        self._warned: set[str] = set()
+        self._catalog: Catalog = {}
+        # until describe() names the drivers (the agent does before the uplink starts), a catalog of the
+        # configuration alone, built at the first birth
+        self._pending: tuple[Config, Catalog | None] | None = (self.config, None)
+
+    def describe(self, config: Config, sources: dict[str, Any]) -> None:
+        """The configuration and its drivers (at start and after a reload). Safe from any thread: applied on the
+        uplink thread, with a full rebirth (NBIRTH, every DBIRTH) if the node is born."""
+        cat = catalog(config, sources)
+        if config.digest == self.config.digest and cat == self._catalog and self._pending is None:
+            return  # the same configuration read again: nothing to announce
+        self._pending = (config, cat)
+
+    def _apply(self, config: Config, cat: Catalog) -> None:
+        old = self.devices
+        self.config = config
+        self._catalog = cat
+        self.router = Router(list(config.sensors))
+        self.devices = {}
+        for device_id, specs in cat.items():
+            dev = self.devices[device_id] = _Device(device_id)
+            for name, spec in specs.items():
+                met = _Metric(self._alias(f"{device_id}:{name}"), spec)
+                prev = old.get(device_id, _Device(device_id)).metrics.get(name)
+                if prev is not None and prev.spec.datatype == spec.datatype:
+                    met.value, met.timestamp_ms, met.quality = prev.value, prev.timestamp_ms, prev.quality
+                dev.metrics[name] = met
+                if spec.reading:
+                    dev.readings.add(name)
+
+    def _take_pending(self) -> bool:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return False
+        config, cat = pending
+        self._apply(config, cat if cat is not None else catalog(config, {}))
+        return True
 
     # -- persisted state --------------------------------------------------------------------------------------
 
@@ -230,7 +295,7 @@ class SparkplugFormat:
             ("bdSeq", proto.INT64, self.bdseq),
             (REBIRTH, proto.BOOLEAN, False),
             ("Properties/Agent Version", proto.STRING, __version__),
-            ("Properties/Config Hash", proto.STRING, self.uplink.config.digest),
+            ("Properties/Config Hash", proto.STRING, self.config.digest),
             ("Properties/Boot Time", proto.DATETIME, _ms(self.uplink.boot_ns)),
         ]
         for name, datatype, value in node_metrics:
@@ -242,19 +307,22 @@ class SparkplugFormat:
         return p.SerializeToString()
 
     def _dbirth(self, dev: _Device) -> bytes:
+        """Every metric the device will report in this session, with its alias, datatype and last value (null
+        before the first one)."""
         p = Payload()
-        p.timestamp = _ms(now_ns())
+        now = _ms(now_ns())
+        p.timestamp = now
         p.seq = self._next_seq()
         for name, met in dev.metrics.items():
             m = p.metrics.add()
             m.name = name
             m.alias = met.alias
-            if met.timestamp_ms:
-                m.timestamp = met.timestamp_ms
-            _set_value(m, met.datatype, met.value)
-            if met.unit:
-                _add_property(m, "engUnit", proto.STRING, met.unit)
-            _add_property(m, "Quality", proto.INT32, _QUALITY.get(met.quality, 0))
+            m.timestamp = met.timestamp_ms or now
+            _set_value(m, met.spec.datatype, met.value if _fits(met.spec.datatype, met.value) else None)
+            if met.spec.unit:
+                _add_property(m, "engUnit", proto.STRING, met.spec.unit)
+            if met.quality:
+                _add_quality(m, met.quality)
         dev.born = True
         return p.SerializeToString()
 
@@ -269,68 +337,38 @@ class SparkplugFormat:
 
     def route(self, stream: str) -> tuple[str, str]:
         """(device id, metric-name prefix) of a stream."""
-        if stream not in self._route_cache:
-            for sensor, device in self._sensors:
-                if stream == sensor or stream.startswith(sensor + "."):
-                    rel = stream[len(sensor) + 1:]
-                    prefix = "/".join(x for x in ((sensor if device != sensor else ""), rel) if x)
-                    self._route_cache[stream] = (device, prefix)
-                    break
-            else:
-                self._route_cache[stream] = (AGENT_DEVICE, stream)
-        return self._route_cache[stream]
+        return self.router.route(stream)
 
     def target_of(self, device: str, metric: str) -> str | None:
-        """The `set` target (`SENSOR[.CHANNEL]`) a DCMD metric of a device names: the inverse of `route`."""
-        for sensor, dev in self._sensors:
-            if dev != device:
-                continue
-            if device == sensor:
-                rest = metric
-            elif metric == sensor or metric.startswith(sensor + "/"):
-                rest = metric[len(sensor) + 1:]
-            else:
-                continue
-            return sensor if rest in ("", "value") else f"{sensor}.{rest}"
-        return None
+        return self.router.target_of(device, metric)
 
-    @staticmethod
-    def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                SparkplugFormat._flatten(f"{prefix}/{k}" if prefix else str(k), v, out)
-        elif isinstance(value, (list, tuple)):
-            out.append((prefix, json.dumps(value, separators=(",", ":"))))
-        else:
-            out.append((prefix, value))
+    def record_metrics(self, record: Record) -> list[tuple[str, Any]]:
+        """(metric name, value) for one record."""
+        return record_metrics(record, self.route(record.stream)[1])
 
-    def record_metrics(self, record: Record) -> list[tuple[str, Any, str]]:
-        """(metric name, value, unit) for one record."""
-        _, prefix = self.route(record.stream)
-        p = record.payload
-        if record.kind == "reading":
-            return [(prefix or "value", p.get("value"), str(p.get("unit") or ""))]
-        if record.kind == "features":
-            flat: list[tuple[str, Any]] = []
-            self._flatten(prefix, p.get("features", {}), flat)
-            return [(name, value, "") for name, value in flat]
-        if record.kind == "capture":
-            return [(prefix or "capture", json.dumps(p, separators=(",", ":")).encode(), "")]
-        if record.kind in ("health", "status"):
-            flat = []
-            self._flatten(prefix or record.kind, p, flat)
-            return [(name, value, "") for name, value in flat]
-        return [(prefix or record.kind, json.dumps(p, separators=(",", ":")), "")]  # events: their JSON body
+    def _warn_once(self, key: str, counter: str, message: str, *args: Any) -> None:
+        self.stats.inc(counter)
+        if key not in self._warned:
+            self._warned.add(key)
+            log.error(message + " (logged once; counted in %s)", *args, counter)
 
     # -- WireFormat -------------------------------------------------------------------------------------------
 
     def before_connect(self, client: mqtt.Client) -> None:
-        self.bdseq = (self.bdseq + 1) % 256
-        self._save_state()
+        """Before every connect attempt. bdSeq steps only once a CONNECT is actually sent (`on_socket_open`)."""
         self.node_born = False
         self.host_online = not self.primary
         for dev in self.devices.values():
             dev.born = False
+        client.on_socket_open = lambda c, userdata, sock: self.on_socket_open(c)
+
+    def on_socket_open(self, client: mqtt.Client) -> None:
+        """paho calls this once the TCP (and TLS) connection is open, immediately before it sends CONNECT: the
+        only point at which a CONNECT is certain to go out. bdSeq steps here, and the NDEATH Will registered with
+        this CONNECT carries it, as will this session's NBIRTH. A refused or unreachable broker never gets here."""
+        self.bdseq = (self.bdseq + 1) % 256
+        self.connects_sent += 1
+        self._save_state()
         client.will_set(self.topic("NDEATH"), self._ndeath(), qos=1, retain=False)
 
     def on_connect(self, client: mqtt.Client) -> bool:
@@ -342,17 +380,22 @@ class SparkplugFormat:
         self.birth(client)
         return True
 
-    def birth(self, client: mqtt.Client) -> None:
-        """NBIRTH, then a DBIRTH for every device known so far."""
-        client.publish(self.topic("NBIRTH"), self._nbirth(), qos=self.data_qos)
+    def _birth_messages(self) -> list[tuple[str, bytes, int]]:
+        """NBIRTH, then a DBIRTH for every device of the configuration, before any data."""
+        self._take_pending()
+        out = [(self.topic("NBIRTH"), self._nbirth(), self.data_qos)]
+        for dev in self.devices.values():
+            out.append((self.topic("DBIRTH", dev.id), self._dbirth(dev), self.data_qos))
         self.node_born = True
         self.stats.inc("sparkplug_births")
-        for dev in self.devices.values():
-            dev.born = False
-            if dev.metrics:
-                client.publish(self.topic("DBIRTH", dev.id), self._dbirth(dev), qos=self.data_qos)
+        self.stats.inc("sparkplug_device_births", len(self.devices))
         log.info("Sparkplug node %s/%s born (bdSeq %d, %d devices)", self.group, self.node, self.bdseq,
                  len(self.devices))
+        return out
+
+    def birth(self, client: mqtt.Client) -> None:
+        for topic, body, qos in self._birth_messages():
+            client.publish(topic, body, qos=qos)
 
     def on_message(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> bool:
         topic = msg.topic
@@ -432,44 +475,71 @@ class SparkplugFormat:
             writer(target, metric_value(m))
 
     def tick(self, client: mqtt.Client) -> None:
-        pass
+        """A reload's new configuration: a full rebirth before any record of it is published."""
+        if self._pending is not None and self._pending[1] is not None and self.node_born:
+            self.stats.inc("sparkplug_rebirths")
+            log.info("configuration changed: rebirth")
+            self.birth(client)
 
     def encode(self, records: list[Record], historical: bool) -> list[tuple[str, bytes, int]]:
-        device_id, _ = self.route(records[0].stream)
-        dev = self.devices.setdefault(device_id, _Device(device_id))
         out: list[tuple[str, bytes, int]] = []
-        good = [r for r in records if not (r.quality.value == "bad" and r.kind == "reading")]
-        if not good:  # the device did not answer: one DDEATH, then nothing until it answers again
-            if dev.born:
-                out.append((self.topic("DDEATH", device_id), self._ddeath(dev), self.data_qos))
-                self.stats.inc("sparkplug_device_deaths")
+        if self._pending is not None and self.node_born:  # described after tick(): births first, before any data
+            self.stats.inc("sparkplug_rebirths")
+            out.extend(self._birth_messages())
+        device_id, _ = self.route(records[0].stream)
+        dev = self.devices.get(device_id)
+        if dev is None:
+            self._warn_once(f"device:{device_id}", "sparkplug_undeclared_metrics",
+                            "records of %s belong to no device born in this session (device %r): not published",
+                            records[0].stream, device_id)
             return out
         data = Payload()
         data.timestamp = _ms(now_ns())
-        rebirth = not dev.born
-        for r in good:
+        for r in records:
             ts = _ms(r.ts_ns)
-            for name, value, unit in self.record_metrics(r):
+            quality = r.quality.value
+            for name, value in self.record_metrics(r):
                 met = dev.metrics.get(name)
                 if met is None:
-                    met = dev.metrics[name] = _Metric(self._alias(f"{device_id}:{name}"), _datatype(value))
-                    rebirth = True
-                elif not _fits(met.datatype, value):
-                    met.datatype = _datatype(value)
-                    rebirth = True
-                met.value, met.timestamp_ms, met.quality = value, ts, r.quality.value
-                if unit and unit != met.unit:
-                    met.unit = unit
-                    rebirth = True
+                    self._warn_once(f"{device_id}:{name}", "sparkplug_undeclared_metrics",
+                                    "metric %s of device %s is not in its DBIRTH (not declared by the driver or the "
+                                    "features): not published", name, device_id)
+                    continue
+                if met.spec.reading:
+                    if quality == "bad":
+                        dev.bad.add(name)
+                    else:
+                        dev.bad.discard(name)
+                if not _fits(met.spec.datatype, value):
+                    coerced = _coerce(met.spec.datatype, value)
+                    if coerced is _NO_VALUE:
+                        self._warn_once(f"type:{device_id}:{name}", "sparkplug_type_mismatches",
+                                        "metric %s of device %s: expected %s, got %r: sent as null with Quality bad",
+                                        name, device_id, _TYPE_NAMES.get(met.spec.datatype, met.spec.datatype), value)
+                        value, quality = None, "bad"
+                    else:
+                        value = coerced
+                changed_quality = quality != (met.quality or "good")
+                met.value, met.timestamp_ms, met.quality = value, ts, quality
                 m = data.metrics.add()
                 m.alias = met.alias
                 m.timestamp = ts
                 if historical:
                     m.is_historical = True
-                _set_value(m, met.datatype, value)
-                if r.kind == "reading" and r.quality.value != "good":
-                    _add_property(m, "Quality", proto.INT32, _QUALITY[r.quality.value])
-        if rebirth:
+                _set_value(m, met.spec.datatype, value, with_type=False)
+                if quality != "good" or changed_quality:
+                    _add_quality(m, quality)
+        readings = dev.readings
+        if readings and readings <= dev.bad:  # every channel of the device failed: it is dead until one answers
+            if dev.born:
+                out.append((self.topic("DDEATH", device_id), self._ddeath(dev), self.data_qos))
+                self.stats.inc("sparkplug_device_deaths")
+            elif any(r.kind != "reading" for r in records):  # e.g. the empty interval statistics of a dead channel
+                self.stats.inc("sparkplug_records_of_dead_devices", len(records))
+            return out
+        if not data.metrics:
+            return out
+        if not dev.born:  # it died (DDEATH) and came back
             out.append((self.topic("DBIRTH", device_id), self._dbirth(dev), self.data_qos))
             self.stats.inc("sparkplug_device_births")
         data.seq = self._next_seq()

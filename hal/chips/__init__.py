@@ -125,6 +125,6 @@ def chips() -> dict[str, Chip]:
     return {m.CHIP.name: m.CHIP for m in (adxl345, bme280, ads1115, ina219)}
 
 
-__all__ = ["Register", "Field", "Chip", "registers", "i2c_read_bits", "i2c_write_bits", "i2c_read_s", "chips", "I2C_STANDARD_HZ",
-           "I2C_FAST_HZ"]
+__all__ = ["Register", "Field", "Chip", "registers", "i2c_read_bits", "i2c_write_bits", "i2c_read_s", "chips",
+           "I2C_STANDARD_HZ", "I2C_FAST_HZ"]
 

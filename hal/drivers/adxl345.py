@@ -35,8 +35,8 @@ from hal.chips import i2c_read_s
 from hal.drivers.base import address_option
 from hal.errors import ConfigurationError, HalError, WrongDevice
 from hal.i2c import I2CDevice, open_i2c
-from hal.options import Option, in_range, positive
-from hal.types import Block, Quality, now_ns
+from hal.options import Option, at_most, in_range
+from hal.types import STANDARD_GRAVITY, Block, Quality, now_ns
 
 log = logging.getLogger("hal.adxl345")
 
@@ -54,7 +54,6 @@ FIFO_DEPTH = chip.FIFO_DEPTH
 RANGE_BITS = chip.RANGE_CODES
 RATE_CODES = {int(r): code for r, code in chip.RATE_CODES.items() if r >= 25}  # the rates offered
 SCALE_G_PER_LSB = chip.SCALE_G_PER_LSB
-STANDARD_GRAVITY = 9.80665  # m/s² per g
 
 
 def raw_to_ms2(raw: np.ndarray) -> np.ndarray:
@@ -88,7 +87,7 @@ class ADXL345:
                choices=tuple(RANGE_BITS)),
         Option("block_size", int, 256, "samples per block", in_range(1, 65536)),
         Option("watermark", int, 16, "FIFO entries that trigger a drain", in_range(1, 31)),
-        Option("max_wait_s", (int, float), 0.5, "longest single sleep while waiting for the FIFO", positive),
+        Option("max_wait_s", (int, float), 0.5, "longest single sleep while waiting for the FIFO", at_most(10)),
         Option("exceed_bus_rate", bool, False, "accept a rate_hz above the data sheet's recommendation for the I2C "
                "bus speed (logs a warning; expect FIFO overruns and gaps)"),
     ]

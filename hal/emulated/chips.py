@@ -31,6 +31,7 @@ from hal.chips import ads1115 as ADS
 from hal.chips import adxl345 as A
 from hal.chips import bme280 as BME
 from hal.chips import ina219 as INA
+from hal.types import STANDARD_GRAVITY
 
 
 class ChipModel:
@@ -109,7 +110,7 @@ class ADXL345Model(ChipModel):
         rng = {v: k for k, v in A.RANGE_CODES.items()}[A.RANGE.get(fmt)]
         full = bool(A.FULL_RES.get(fmt))
         lim = 1 << (A.data_bits(full, rng) - 1)
-        return np.clip(np.round(a_ms2 / 9.80665 / A.lsb_g(full, rng)), -lim, lim - 1).astype(np.int64)
+        return np.clip(np.round(a_ms2 / STANDARD_GRAVITY / A.lsb_g(full, rng)), -lim, lim - 1).astype(np.int64)
 
     def _advance(self) -> None:
         if not self.measuring:
@@ -160,7 +161,7 @@ class ADXL345Model(ChipModel):
             for axis in range(3):
                 a = self.plant.vibration(t, axis) if self.plant is not None else np.zeros(m)
                 if axis == self.gravity_axis:
-                    a = a + 9.80665
+                    a = a + STANDARD_GRAVITY
                 axes.append(self._encode(a))
             c = self._cache = (k0, list(zip(*(a.tolist() for a in axes))))
         i = k0 - c[0]

@@ -152,7 +152,7 @@ class EmulatedModbusServer:
             regs = [r for r in regmap if r.table == table and r.address < hi and r.end > lo]
             regs.sort(key=lambda r: r.type == "bit")  # whole words first, then bit fields into them
             for r in regs:
-                enc = r.encode(self._value(unit, r, t))
+                enc = r.encode(self._value(unit, r, t), clamp=True)
                 if bits:
                     i, b = divmod(r.address, 16)
                     j = i - start

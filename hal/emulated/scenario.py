@@ -249,11 +249,15 @@ def names() -> list[str]:
 def load(name_or_path: str | Path) -> Scenario:
     """A shipped scenario by name (`names()`), or a scenario file."""
     path = Path(name_or_path)
+    if "\0" in str(path):
+        raise ScenarioError(f"scenario {str(name_or_path)!r}: expected a name or a file path without NUL characters")
     if path.suffix == ".toml" or path.exists():
+        if path.exists() and not path.is_file():  # a FIFO or a device would block the start, a directory fail later
+            raise ScenarioError(f"scenario {name_or_path}: expected a regular .toml file")
         try:
             text = path.read_text()
-        except OSError as e:
-            raise ScenarioError(f"scenario {name_or_path}: cannot read: {e.strerror or e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ScenarioError(f"scenario {name_or_path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
         source = str(path)
     else:
         res = resources.files("hal.emulated") / SCENARIO_DIR / f"{name_or_path}.toml"

@@ -1,8 +1,8 @@
 """Emulated sensors reading the plant directly: a vibration stream and a temperature probe.
 
-They are paced by the context's clock (`hal.clock`: real time, or faster for tests) like the real thing: `read_block` returns a block only once its last sample
-"has happened". A reader that falls far behind (a suspended laptop) skips ahead and reports the skipped samples
-as a gap, as a real FIFO overrun would.
+They are paced by the context's clock (`hal.clock`: real time, or faster for tests) like the real thing:
+`read_block` returns a block only once its last sample "has happened". A reader that falls far behind (a suspended
+laptop) skips ahead and reports the skipped samples as a gap, as a real FIFO overrun would.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hal.options import Option, in_range, positive
+from hal.options import Option, at_most, in_range
 from hal.sources import HalContext
 from hal.types import Block, Quality, Reading
 
@@ -22,11 +22,12 @@ class EmulatedVibration:
 
     kind: ClassVar[str] = "stream"
     OPTIONS = [
-        Option("rate_hz", (int, float), 3200.0, "sample rate in Hz", positive),
-        Option("block_size", int, 256, "samples per block", positive),
+        Option("rate_hz", (int, float), 3200.0, "sample rate in Hz", at_most(100000)),
+        Option("block_size", int, 256, "samples per block", in_range(1, 65536)),
         Option("axes", list, ["x"], "axis names, e.g. [\"x\", \"y\", \"z\"]",
                lambda v: None if v and all(isinstance(a, str) for a in v) else "expected a non-empty list of names"),
-        Option("max_lag_s", (int, float), 2.0, "skip ahead (and report a gap) when this far behind", positive),
+        Option("max_lag_s", (int, float), 2.0, "skip ahead (and report a gap) when this far behind",
+               at_most(3600)),
     ]
 
     def __init__(self, name: str, options: Mapping[str, Any], context: HalContext, bus: str | None = None) -> None:
@@ -96,6 +97,9 @@ class EmulatedTemperature:
 
     def open(self) -> None:
         pass
+
+    def channels(self) -> list[tuple[str, str]]:
+        return [(self.channel, "degC")]
 
     def poll(self) -> list[Reading]:
         ts = self._clock.time_ns()

@@ -1,8 +1,9 @@
 """One Modbus client per bus, shared by every device (unit id) on it; pymodbus stays behind this wrapper.
 
-`ModbusBus.read(table, start, count, unit)` returns a list of words or bits, or raises a typed `hal.errors`
+`ModbusBus.read(table, start, count, unit)` returns exactly `count` words or bits, or raises a typed `hal.errors`
 exception: `DeviceException` (an exception response, with its code), `BusTimeout` (no answer), `CrcError` (an
-answer with a bad checksum, RTU only) or `BusError` (cannot connect / port gone). Requests on one bus are
+answer with a bad checksum, RTU only), `ProtocolError` (an answer that does not fit the request: short, long,
+garbled; the connection is dropped) or `BusError` (cannot connect / port gone). Requests on one bus are
 serialised by a lock, so devices read from different threads never interleave on the wire. Defaults are sized for
 the field (timeout 0.5 s RTU / 1 s TCP, no immediate retries) rather than pymodbus's 3 s x 3 retries.
 
@@ -18,7 +19,7 @@ from struct import error as struct_error
 from collections.abc import Mapping
 from typing import Any
 
-from hal.errors import BusError, BusTimeout, ConfigurationError, CrcError, DeviceException
+from hal.errors import BusError, BusTimeout, ConfigurationError, CrcError, DeviceException, ProtocolError
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are counted and reported as readings instead
 
@@ -141,19 +142,33 @@ class ModbusBus:
                 self.counters["connect_errors"] += 1
                 self._close_client()
                 raise BusError(f"{where}: {e}") from None
-            except (ModbusException, ValueError, struct_error) as e:  # a garbled or unexpected answer
-                self.counters["protocol_errors"] += 1
-                self._close_client()
-                raise BusError(f"{where}: protocol error: {e}") from None
+            except (ModbusException, ValueError, struct_error, IndexError) as e:  # a garbled or unexpected answer
+                self._protocol_error(f"{where}: protocol error: {e}")
             if response.isError():
                 code = int(getattr(response, "exception_code", 0) or 0)
                 self.counters["exceptions"] += 1
                 name = DeviceException.NAMES.get(code, "unknown exception")
                 raise DeviceException(f"{where}: exception {code} ({name})", code)
-            self.counters["responses"] += 1
+            # an answer of the wrong length is a protocol error for the whole read: its values are not trusted,
+            # and never become "list index out of range" further up
             if table in ("coil", "discrete_input"):
-                return list(response.bits[:count])
-            return list(response.registers)
+                bits = list(getattr(response, "bits", None) or [])
+                if len(bits) < count or len(bits) >= count + 8:  # bits come in whole bytes: ceil(count / 8) of them
+                    self._protocol_error(f"{where}: protocol error: expected {count} bits "
+                                         f"({(count + 7) // 8} bytes), got {len(bits)} bits")
+                self.counters["responses"] += 1
+                return bits[:count]
+            registers = list(getattr(response, "registers", None) or [])
+            if len(registers) != count:
+                self._protocol_error(f"{where}: protocol error: expected {count} registers, got {len(registers)}")
+            self.counters["responses"] += 1
+            return registers
+
+    def _protocol_error(self, message: str) -> None:
+        """Count, drop the connection (what follows on it cannot be trusted) and raise ProtocolError. Lock held."""
+        self.counters["protocol_errors"] += 1
+        self._close_client()
+        raise ProtocolError(message)
 
     def write_register(self, address: int, value: int, unit: int) -> None:
         """Write one holding register (FC06); raises like `read`."""
@@ -168,7 +183,7 @@ class ModbusBus:
         self._write("coil", address, value, unit)
 
     def _write(self, what: str, address: int, value: Any, unit: int) -> None:
-        from pymodbus.exceptions import ModbusIOException
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
         where = f"Modbus bus {self.name} unit {unit}: write {what} {address}"
         with self._lock:
@@ -180,7 +195,19 @@ class ModbusBus:
                 response = fn(address, value, device_id=unit)
             except ModbusIOException:
                 self.counters["timeouts"] += 1
+                if self.type == "modbus_tcp":
+                    self._close_client()
                 raise BusTimeout(f"{where}: no answer within {self.timeout_s:g} s") from None
+            except ConnectionException as e:
+                self.counters["connect_errors"] += 1
+                self._close_client()
+                raise BusError(f"{where}: connection lost ({e})") from None
+            except OSError as e:
+                self.counters["connect_errors"] += 1
+                self._close_client()
+                raise BusError(f"{where}: {e}") from None
+            except (ModbusException, ValueError, struct_error, IndexError) as e:
+                self._protocol_error(f"{where}: protocol error: {e}")
             if response.isError():
                 code = int(getattr(response, "exception_code", 0) or 0)
                 self.counters["exceptions"] += 1

@@ -5,6 +5,8 @@ due in a cycle are read in as few requests as `plan_reads` allows. Faults never 
 
 * an exception response marks that request's values bad (the device answered, so it stays in service);
 * a CRC error marks that request's values bad (the line is noisy, the device is alive);
+* an answer that does not fit the request (short, long, garbled: `ProtocolError`) marks every value of that
+  request bad, none is published as good;
 * a timeout or a lost connection marks that request's and the cycle's remaining values bad and puts the device in
   exponential back-off (`backoff_min_s` doubling up to `backoff_max_s`): while backing off it is not asked at all,
   so a dead device costs the bus at most one timeout per back-off period and never more than one per cycle. When a
@@ -20,10 +22,10 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from hal.errors import BusError, ConfigurationError, CrcError, DeviceException
+from hal.errors import BusError, ConfigurationError, CrcError, DeviceException, ProtocolError
 from hal.modbus.registermap import (MAX_READ_REGISTERS, ReadRequest, Register, RegisterMap, load_profile,
                                     parse_registers, plan_reads)
-from hal.options import Option, in_range, positive
+from hal.options import Option, at_most, describe, in_range
 from hal.types import Quality, Reading, now_ns
 
 
@@ -53,15 +55,18 @@ class ModbusDevice:
         Option("profile", str, "", "a shipped register map, e.g. sdm630 or eaton_mmax", check=_profile_check),
         Option("registers", list, [], "inline register map: a list of {name, table, address, type, ...}",
                check=_registers_check),
-        Option("include", list, [], "read only these register names of the map (default: all)"),
+        Option("include", list, [], "read only these register names of the map (default: all)",
+               check=lambda v: [(f"[{i}]", f"expected a register name (a string), got {describe(x)}")
+                                for i, x in enumerate(v) if not isinstance(x, str)] or None),
         Option("byte_order", str, "big", "default byte order of the inline map", choices=("big", "little")),
         Option("word_order", str, "big", "default word order of the inline map", choices=("big", "little")),
         Option("max_gap", int, 0, "merge reads across up to this many unused registers (the device must answer "
                "reads of the gap)", in_range(0, MAX_READ_REGISTERS)),
         Option("max_registers", int, MAX_READ_REGISTERS, "registers per read at most (some devices accept fewer)",
                in_range(1, MAX_READ_REGISTERS)),
-        Option("backoff_min_s", (int, float), 1.0, "first back-off after a device stops answering", positive),
-        Option("backoff_max_s", (int, float), 60.0, "longest back-off", positive),
+        Option("backoff_min_s", (int, float), 1.0, "first back-off after a device stops answering",
+               at_most(86400)),
+        Option("backoff_max_s", (int, float), 60.0, "longest back-off", at_most(86400)),
     ]
 
     @classmethod
@@ -113,7 +118,8 @@ class ModbusDevice:
         if self.bus.emulator is not None:
             self.bus.emulator.add_device(self.unit, self.map)
         self.counters = {"polls": 0, "requests": 0, "good": 0, "bad": 0, "timeouts": 0, "exceptions": 0,
-                         "crc_errors": 0, "bus_errors": 0, "skipped": 0, "backoffs": 0, "recoveries": 0}
+                         "crc_errors": 0, "protocol_errors": 0, "bus_errors": 0, "skipped": 0, "backoffs": 0,
+                         "recoveries": 0}
         self.last_error: str | None = None
         self.failures = 0  # consecutive cycles without an answer
         self._retry_at = 0.0
@@ -140,6 +146,21 @@ class ModbusDevice:
     # -- reading ------------------------------------------------------------------------------------------------
     def _channel(self, reg: Register) -> str:
         return f"{self.name}.{reg.name}"
+
+    def channels(self) -> list[tuple[str, str]]:
+        return [(self._channel(r), r.unit) for r in self.map]
+
+    def channel_types(self) -> dict[str, type]:
+        """The Python type of each channel's value, as `Register.decode` returns it."""
+        def kind(r: Register) -> type:
+            if r.type == "string":
+                return str
+            if r.type == "bit" or r.table in ("coil", "discrete_input"):
+                return bool
+            if r.type.startswith("f") or r.scale != 1.0 or r.offset != 0.0:
+                return float
+            return int
+        return {self._channel(r): kind(r) for r in self.map}
 
     def _due(self, now: float) -> list[Register]:
         return [r for r in self.map if r.interval_s <= 0 or now - self._last_ok.get(r.name, -math.inf) >= r.interval_s]
@@ -179,8 +200,8 @@ class ModbusDevice:
                 self.last_error = str(e)
                 readings += self._bad(req.registers, str(e), ts)
                 continue
-            except CrcError as e:
-                self.counters["crc_errors"] += 1
+            except (CrcError, ProtocolError) as e:  # an answer we cannot trust: the whole read is bad
+                self.counters["crc_errors" if isinstance(e, CrcError) else "protocol_errors"] += 1
                 self.last_error = str(e)
                 readings += self._bad(req.registers, str(e), ts)
                 continue
@@ -244,6 +265,9 @@ class ModbusDevice:
         elif reg.type == "string":
             if not isinstance(value, str):
                 raise ValueError(f"{self.name}.{register}: expected a string, got {value!r}")
+            if not value.isascii() or "\0" in value or len(value) > 2 * reg.length:
+                raise ValueError(f"{self.name}.{register}: expected ASCII text of at most {2 * reg.length} "
+                                 f"characters without NUL, got {value[:80]!r}")
         else:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{self.name}.{register}: expected a number, got {value!r}")
@@ -251,6 +275,9 @@ class ModbusDevice:
                 bounds = (f"from {reg.min:g} to {reg.max:g}" if math.isfinite(reg.min) and math.isfinite(reg.max)
                           else f"at least {reg.min:g}" if math.isfinite(reg.min) else f"at most {reg.max:g}")
                 raise ValueError(f"{self.name}.{register}: expected a value {bounds}, got {value!r}")
+            problem = reg.encode_problem(value)
+            if problem:  # refused before any write, never clamped
+                raise ValueError(f"{self.name}.{register}: expected a value the register can hold: {problem}")
         self._write(reg, value)
         self.counters["writes"] = self.counters.get("writes", 0) + 1
         return reg.decode(self.bus.read(reg.table, reg.address, reg.count, self.unit)[: reg.count])

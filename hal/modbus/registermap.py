@@ -132,8 +132,34 @@ class Register:
             return raw
         return raw * self.scale + self.offset
 
-    def encode(self, value: Any) -> list[int] | list[bool]:
-        """Words (or one bit) for an engineering value: the inverse of `decode` (used by the emulator and writes)."""
+    def raw_range(self) -> tuple[float, float] | None:
+        """Lowest and highest raw value of an integer type (None for floats, strings and bits)."""
+        if self.table in BIT_TABLES or self.type in ("bit", "string"):
+            return None
+        code = TYPES[self.type][1]
+        if code in "fd":
+            return None
+        bits = 8 * struct.calcsize(code)
+        return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
+
+    def encode_problem(self, value: Any) -> str | None:
+        """Why `value` (engineering units) cannot be encoded exactly into this register's type, or None."""
+        rng = self.raw_range()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None if rng is None and self.type in ("bit", "string") else (
+                None if isinstance(value, bool) else f"{value!r} is not a finite number")
+        raw = (float(value) - self.offset) / self.scale
+        if rng is not None and not rng[0] <= round(raw) <= rng[1]:
+            return (f"{value:g} is raw {raw:g}, outside {self.type}'s {rng[0]}..{rng[1]}"
+                    + (f" (scale {self.scale:g}, offset {self.offset:g})" if self.scale != 1 or self.offset else ""))
+        if self.type == "f32" and abs(raw) > 3.4028234663852886e38:
+            return f"{value:g} does not fit a float32"
+        return None
+
+    def encode(self, value: Any, *, clamp: bool = False) -> list[int] | list[bool]:
+        """Words (or one bit) for an engineering value: the inverse of `decode` (used by the emulator and writes).
+        A value the type cannot hold raises ValueError: a write is never clamped (a clamped setpoint is a wrong
+        setpoint); only the emulator, playing a plant signal, asks for `clamp=True`."""
         if self.table in BIT_TABLES:
             return [bool(value)]
         if self.type == "bit":
@@ -151,7 +177,10 @@ class Register:
             raw = int(round(float(raw)))
             bits = 8 * struct.calcsize(code)
             lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
-            raw = min(max(raw, lo), hi)
+            if clamp:
+                raw = min(max(raw, lo), hi)
+            elif not lo <= raw <= hi:
+                raise ValueError(f"{self.name}: {value!r} is raw {raw}, outside {self.type}'s range {lo}..{hi}")
         return self._words(struct.pack(">" + code, raw))
 
 
@@ -208,11 +237,18 @@ def parse_registers(items: Any, *, byte_order: str = "big", word_order: str = "b
             table_words = v["table"].replace("_", " ")
             errors.append((f"[{i}].writable", f"expected false: {table_words} registers cannot be written"))
             continue
+        numeric = v["table"] == "holding" and v["type"] not in ("bit", "string")
+        if v["writable"] and numeric and ("min" not in item or "max" not in item):
+            missing = "min" if "min" not in item else "max"
+            errors.append((f"[{i}].{missing}", "missing: expected min and max (engineering units) for a writable "
+                                               "register: a write outside them is refused"))
+            continue
         if v["min"] > v["max"]:
             errors.append((f"[{i}].min", f"expected min <= max, got {v['min']} > {v['max']}"))
             continue
         if v["name"] in names:
-            errors.append((f"[{i}].name", f"expected a unique name, {v['name']!r} is also registers[{names[v['name']]}]"))
+            errors.append((f"[{i}].name",
+                           f"expected a unique name, {v['name']!r} is also registers[{names[v['name']]}]"))
             continue
         names[v["name"]] = i
         reg = Register(
@@ -222,6 +258,12 @@ def parse_registers(items: Any, *, byte_order: str = "big", word_order: str = "b
             scale=float(v["scale"]), offset=float(v["offset"]), unit=v["unit"], interval_s=float(v["interval_s"]),
             description=v["description"], signal=v["signal"], emulate_value=v["emulate_value"],
             writable=bool(v["writable"]), min=float(v["min"]), max=float(v["max"]))
+        if reg.writable and numeric:
+            problem = next((f"[{i}].{k}: {m}" for k in ("min", "max") for m in [reg.encode_problem(v[k])] if m), None)
+            if problem:
+                key, message = problem.split(": ", 1)
+                errors.append((key, f"expected a limit the register can hold: {message}"))
+                continue
         if reg.end > 65536:
             errors.append((f"[{i}].address", f"expected the value to end at or below address 65535, "
                                              f"it ends at {reg.end - 1}"))

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hal.errors import ConfigurationError
-from hal.options import Option, in_range, positive
+from hal.options import Option, at_most, in_range
 from hal.sensornode import protocol as P
 from hal.sources import HalContext
 from hal.types import Block, Quality, now_ns
@@ -88,10 +88,11 @@ class SensorNode:
                _channels),
         Option("axes", list, [], "one name per channel (default \"x\" for one channel, else ch<N>)", _names),
         Option("unit", str, "m/s2", "engineering unit of the samples"),
-        Option("mv_per_unit", (int, float), 10.0, "sensor sensitivity in mV per unit", positive),
+        Option("mv_per_unit", (int, float), 10.0, "sensor sensitivity in mV per unit", at_most(1e6)),
         Option("zero_v", (int, float), 1.65, "sensor output in V at zero", in_range(0, 5)),
-        Option("vref_v", (int, float), 3.3, "ADC reference voltage", positive),
-        Option("baudrate", int, 921600, "baud rate of a UART link (USB-CDC ignores it)", positive),
+        Option("vref_v", (int, float), 3.3, "ADC reference voltage", in_range(0.5, 10)),
+        Option("baudrate", int, 921600, "baud rate of a UART link (USB-CDC ignores it)",
+               in_range(50, 16_000_000)),
         Option("timeout_s", (int, float), 2.0, "command reply timeout; a silent link is reopened after it",
                in_range(0.1, 60)),
         Option("reconnect_max_s", (int, float), 10.0, "longest wait between reconnect attempts", in_range(0.1, 600)),
@@ -326,7 +327,7 @@ class SensorNode:
 
     def _command(self, kind: int, *args: int) -> Any:
         """Send a command and wait for its reply (DATA frames meanwhile are queued as blocks). Two attempts."""
-        for attempt in range(2):
+        for _attempt in range(2):
             tag = self._next_tag()
             try:
                 self._ser.write(P.command(kind, tag, *args))

@@ -44,7 +44,7 @@ def values(readings):
     return {r.channel.split(".", 1)[1]: r for r in readings}
 
 
-# -- the bus ------------------------------------------------------------------------------------------------------------
+# -- the bus -----------------------------------------------------------------------------------------------------------
 
 def test_absent_address_raises_eremoteio_like_the_kernel(rig):
     with pytest.raises(OSError) as e:
@@ -62,7 +62,7 @@ def test_typed_errors_name_bus_address_and_chip(rig):
         dev.read_u8(0xD0)
 
 
-# -- BME280 -------------------------------------------------------------------------------------------------------------
+# -- BME280 ------------------------------------------------------------------------------------------------------------
 
 def test_bme280_compensation_matches_the_datasheet_worked_example():
     t, t_fine = bme280.compensate_temperature(519888, EXAMPLE)
@@ -106,7 +106,8 @@ def test_bme280_reads_the_environment(rig):
     assert v["pressure"].value == pytest.approx(1013.25, abs=0.01) and v["pressure"].unit == "hPa"
     chip.environment = (-10.0, 90.0, 950.0)
     v = values(s.poll())
-    assert (v["temperature"].value, v["humidity"].value) == (pytest.approx(-10.0, abs=0.01), pytest.approx(90, abs=0.01))
+    assert (v["temperature"].value, v["humidity"].value) == (pytest.approx(-10.0, abs=0.01),
+                                                             pytest.approx(90, abs=0.01))
 
 
 def test_bme280_wrong_chip_id_names_expected_and_found(rig):
@@ -135,7 +136,7 @@ def test_bme280_absent_at_start_is_retried_not_fatal(rig):
     assert all(r.quality is Quality.GOOD for r in s.poll())
 
 
-# -- ADS1115 ------------------------------------------------------------------------------------------------------------
+# -- ADS1115 -----------------------------------------------------------------------------------------------------------
 
 def test_ads1115_codes_follow_the_full_scale_table():
     assert ads1115.code_to_volts(1, 6.144) == pytest.approx(187.5e-6)
@@ -209,7 +210,7 @@ def test_ads1115_channel_errors_name_the_nested_key(rig):
         rig.make("ads1115", "adc", {"channels": [{"name": "a"}, {"name": "b", "input": "AIN7"}]})
 
 
-# -- INA219 -------------------------------------------------------------------------------------------------------------
+# -- INA219 ------------------------------------------------------------------------------------------------------------
 
 def test_ina219_calibration_follows_the_datasheet_equations():
     assert ina219.calibration(2.0, 0.1, 0.0001) == (4096, 0.0001, pytest.approx(0.002))  # 32 V, 2 A, 0.1 ohm
@@ -266,7 +267,7 @@ def test_ina219_rejects_a_current_beyond_the_shunt_range():
     assert errors[0][0] == "address" and "0x40" in errors[0][1]
 
 
-# -- ADXL345 ------------------------------------------------------------------------------------------------------------
+# -- ADXL345 -----------------------------------------------------------------------------------------------------------
 
 def test_adxl345_scale_is_3_9_mg_per_lsb():
     assert adxl345.raw_to_ms2(np.array([256]))[0] == pytest.approx(256 * 0.0039 * 9.80665)

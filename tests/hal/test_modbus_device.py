@@ -202,8 +202,9 @@ def test_unreachable_tcp_host_is_a_bus_error_not_a_crash(make_context, clock):
 
 def test_holding_register_and_coil_writes_stick(make_context, plant):
     regs = [{"name": "setpoint", "address": 10, "type": "u16", "scale": 0.1, "unit": "Hz", "writable": True,
-             "max": 60},
-            {"name": "ramp", "address": 12, "type": "f32", "word_order": "little", "unit": "s", "writable": True},
+             "min": 0, "max": 60},
+            {"name": "ramp", "address": 12, "type": "f32", "word_order": "little", "unit": "s", "writable": True,
+             "min": 0, "max": 600},
             {"name": "enable", "table": "coil", "address": 3, "writable": True},
             {"name": "status", "table": "input", "address": 0}]
     ctx, server, (dev,) = open_devices(make_context, plant, "modbus_tcp", ("vfd", {"registers": regs}))
@@ -215,7 +216,7 @@ def test_holding_register_and_coil_writes_stick(make_context, plant):
     assert r["vfd.ramp"].value == 2.75
     with pytest.raises(PermissionError, match="vfd.status is not writable"):
         dev.write("status", 1)
-    with pytest.raises(ValueError, match="expected a value at most 60, got 61"):
+    with pytest.raises(ValueError, match="expected a value from 0 to 60, got 61"):
         dev.write("setpoint", 61)
 
 

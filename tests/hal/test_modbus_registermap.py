@@ -74,9 +74,13 @@ def test_encode_is_the_inverse_of_decode(value, byte_order, word_order, type_):
         assert back == round(value)
 
 
-def test_encode_saturates_integers():
-    assert reg(type="u16").encode(70000) == [0xFFFF]
-    assert reg(type="i16").encode(-40000) == [0x8000]
+def test_encode_refuses_values_the_type_cannot_hold_and_only_the_emulator_clamps():
+    with pytest.raises(ValueError, match="70000 is raw 70000, outside u16's range 0..65535"):
+        reg(type="u16").encode(70000)
+    with pytest.raises(ValueError, match="outside i16's range"):
+        reg(type="i16").encode(-40000)
+    assert reg(type="u16").encode(70000, clamp=True) == [0xFFFF]  # a plant signal beyond the register's range
+    assert reg(type="i16").encode(-40000, clamp=True) == [0x8000]
 
 
 # -- validation -------------------------------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ def test_staged_install_is_complete_and_idempotent(tmp_path: Path) -> None:
     assert f"unchanged {unit}" in second.stdout
     assert f"keeping {config}" in second.stdout
     assert "mqtt://10.0.0.5:1883" in config.read_text()  # the operator's edit survives
-    assert (root / "etc/edge-agent/agent.toml.example").read_bytes() == (REPO / "systemd/agent.toml.starter").read_bytes()
+    starter = (REPO / "systemd/agent.toml.starter").read_bytes()
+    assert (root / "etc/edge-agent/agent.toml.example").read_bytes() == starter
     third = run(str(INSTALL), "--root", str(root), "--skip-venv")
     assert "installed" not in third.stdout.replace("(staged", "")  # nothing left to change
 
@@ -78,7 +79,8 @@ def test_uninstall_keeps_the_data_unless_purged(tmp_path: Path) -> None:
     assert "kept:" in r.stdout
     r = run(str(UNINSTALL), "--root", str(root), "--purge", "--yes")
     assert r.returncode == 0, r.stderr
-    assert not outbox.exists() and not (root / "etc/edge-agent").exists() and not (root / "var/cache/edge-agent").exists()
+    assert not outbox.exists() and not (root / "etc/edge-agent").exists()
+    assert not (root / "var/cache/edge-agent").exists()
     assert "(staged, not run) userdel edge-agent" in r.stdout
 
 

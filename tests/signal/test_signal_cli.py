@@ -155,7 +155,7 @@ def test_analyze_with_the_settings_of_a_configured_sensor(tmp_path, capsys):
 
 @pytest.mark.parametrize("width", [1, 3, 4])
 def test_read_pcm_wav_of_every_width_and_two_channels(tmp_path, width):
-    from agent.cli_signal import read_waveform
+    from agent.cli.signal import read_waveform
 
     x = np.stack([tone(8000.0, 800, 100.0, 0.5), tone(8000.0, 800, 200.0, -0.25)], axis=1)
     full = float(1 << (8 * width - 1))

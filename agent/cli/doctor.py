@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.cli.common import CliError, add_diag_args, find_service, open_outbox, state_dir_for, with_errors
 from agent.config import DEFAULT_CONFIG_PATH, Config
 from agent.errors import ConfigError
 
@@ -81,10 +82,9 @@ class Doctor:
                                f"{len(c.buses)} buses, broker {c.mqtt.broker.url}")
 
     def check_service(self, state_dir: Path) -> None:
-        from agent.cli_diag import DiagError, find_service
         try:
             path, doc = find_service(self.args, state_dir)
-        except DiagError as e:
+        except CliError as e:
             self.add(WARN, "service", str(e))
             return
         if doc is None:
@@ -270,42 +270,53 @@ class Doctor:
     def _outbox(self, state_dir: Path) -> None:
         import sqlite3
 
-        from agent.cli_diag import DiagError, open_outbox
-        path = state_dir / "outbox.db"
+        from agent.outbox import DB_NAME, unpublished_lost
+        path = state_dir / DB_NAME
         if not path.exists():
             self.add(OK if not state_dir.exists() else WARN, "outbox",
                      f"no outbox yet at {path} (created at the first start)")
             return
         try:
-            conn = open_outbox(state_dir)
-        except DiagError as e:
+            view = open_outbox(state_dir)
+        except CliError as e:
             self.add(FAIL, "outbox", str(e), "check ownership: sudo chown -R edge-agent:edge-agent "
                                              f"{state_dir}")
             return
         try:
-            result = conn.execute("PRAGMA quick_check").fetchone()[0]
-            depth, oldest = conn.execute("SELECT COUNT(*), MIN(ts_ns) FROM records").fetchone()
+            result = view.quick_check()
+            depth, oldest = view.head()
         except sqlite3.Error as e:
             self.add(FAIL, "outbox", f"{path}: {e}",
                      "stop the service, move the file aside (its records are lost) and start again")
             return
         finally:
-            conn.close()
+            view.close()
         if result != "ok":
             self.add(FAIL, "outbox", f"{path} is damaged: {result}",
                      "sudo systemctl stop edge-agent; export what is readable (edge-agent buffer export -o "
                      "backup.jsonl), move outbox.db* aside, start again")
             return
         age = (time.time_ns() - oldest) / 1e9 if oldest else 0.0
-        fault = ((self.status_doc or {}).get("outbox") or {}).get("fault")
+        live = (self.status_doc or {}).get("outbox") or {}
+        fault = live.get("fault")
+        _, lost = unpublished_lost(state_dir)
         if fault:
-            self.add(FAIL, "outbox", f"the service cannot write it: {fault}", "check disk space and that the file "
-                                                                              "system is not read-only (mount)")
+            cause = str(live.get("fault_cause") or "error").replace("_", " ")
+            self.add(FAIL, "outbox", f"WEDGED: the service cannot commit to it ({cause}: {fault}); new records wait "
+                                     f"in memory, {live.get('not_committed', 0)} not committed so far (each counted "
+                                     "in a not_committed gap event)",
+                     live.get("fix") or "check disk space (df -h) and that the file system is not read-only (mount)")
+        elif lost:
+            self.add(WARN, "outbox", f"{sum(lost.values())} records were not committed before the last stop "
+                                     f"({', '.join(f'{s}: {n}' for s, n in sorted(lost.items()))}); the tally waits in "
+                                     f"{state_dir / 'outbox.lost'} and is published as gap events at the next start",
+                     "start the service; check why the outbox could not be written (df -h; dmesg)")
         elif depth and age > 3600:
             self.add(WARN, "outbox", f"{depth} records waiting, the oldest {age / 3600:.1f} h old (the broker has not "
                                      "taken them)", "see the broker check above; edge-agent status shows the link")
         else:
-            self.add(OK, "outbox", f"integrity ok, {depth} records waiting" + (f", oldest {age:.0f} s" if depth else ""))
+            self.add(OK, "outbox",
+                     f"integrity ok, {depth} records waiting" + (f", oldest {age:.0f} s" if depth else ""))
 
     def check_numba_cache(self) -> None:
         from agent.signal.cache import default_cache_dir
@@ -352,7 +363,6 @@ class Doctor:
             self.add(OK, "power/throttling", f"no under-voltage or throttling since boot ({th.get('raw')})")
 
     def run(self) -> int:
-        from agent.cli_diag import state_dir_for
         self.check_config()
         state_dir = state_dir_for(self.args, self.config)
         self.check_service(state_dir)
@@ -543,11 +553,11 @@ def clock_synchronised() -> bool | None:
     return state != 5  # TIME_ERROR: the clock is not synchronised
 
 
-def register_doctor(sub: argparse._SubParsersAction, common: Any, with_errors: Any) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check config, buses, devices, broker, clock, disk, cache, power; one line each",
                        description="Runs every check and prints one line per check with a fix hint. Exit code 1 "
                                    "when any check fails (warnings do not fail).")
-    common(p, socket=True)
+    add_diag_args(p, socket=True)
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per device / broker timeout (default 5)")
     p.add_argument("--probe", action="store_true",
                    help="open the drivers even while the service runs (it may hold the port)")

@@ -1,8 +1,10 @@
-"""The `edge-agent` command line.
+"""The `edge-agent` command line (console script `agent.cli:main`; `python -m agent` too).
 
-Subcommands live in small modules listed in `COMMAND_MODULES`; each has `register(subparsers)` that adds its
-parsers with `set_defaults(func=handler)`, where `handler(args) -> int` returns the exit code. Heavy imports
-(numba, paho, pymodbus) happen inside handlers, so `--help` is instant.
+Subcommands live in one module per verb group, listed in `COMMAND_MODULES`; what they share (errors, arguments,
+configuration and state directory) is `agent.cli.common`, and they never import each other. Each has
+`register(subparsers)` that adds its parsers with `set_defaults(func=handler)`, where `handler(args) -> int`
+returns the exit code. Heavy imports (numba, paho, pymodbus) happen inside handlers, so `--help` is instant. The
+running agent itself is `agent.app`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from agent import __version__
 
 # One line per module; each module owns its subcommands.
 COMMAND_MODULES = [
-    "agent.cli_core",
-    "agent.cli_hal",
-    "agent.cli_diag",
-    "agent.cli_sensornode",
-    "agent.cli_signal",
+    "agent.cli.run",  # run, config check, version
+    "agent.cli.hal",  # scan i2c|modbus, read
+    "agent.cli.doctor",
+    "agent.cli.status",
+    "agent.cli.capture",  # capture (plot: its PNG renderer)
+    "agent.cli.buffer",  # buffer stats|export|purge, tail
+    "agent.cli.install",  # install, uninstall
+    "agent.cli.sensornode",
+    "agent.cli.signal",  # analyze, warmup
+    "agent.fleet.cli",  # ingest, fleet (the fleet side, docs/fleet.md)
 ]
 
 EPILOG = """\

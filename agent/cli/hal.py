@@ -10,15 +10,16 @@ import sys
 import time
 from typing import Any
 
+from agent.cli.common import load_config
+
 DEFAULT_EMULATED_CHIPS = {0x40: "ina219", 0x48: "ads1115", 0x53: "adxl345", 0x76: "bme280"}
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from agent.cli_core import load_config
     return load_config(getattr(args, "config", None), bool(getattr(args, "emulate", False)), quiet=True)
 
 
-# -- scan i2c -----------------------------------------------------------------------------------------------------------
+# -- scan i2c ----------------------------------------------------------------------------------------------------------
 
 def identify(bus: Any, address: int) -> str:
     """Name a chip by its ID register (or, for chips without one, by its power-on configuration), from the chip
@@ -103,7 +104,7 @@ def cmd_scan_i2c(args: argparse.Namespace) -> int:
             bus.close()
 
 
-# -- scan modbus --------------------------------------------------------------------------------------------------------
+# -- scan modbus -------------------------------------------------------------------------------------------------------
 
 def _parse_ids(text: str) -> list[int]:
     ids: list[int] = []
@@ -184,7 +185,7 @@ def _emulated_modbus(ctx: Any, args: argparse.Namespace, bus_type: str) -> Any:
     return emulator
 
 
-# -- read ---------------------------------------------------------------------------------------------------------------
+# -- read --------------------------------------------------------------------------------------------------------------
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -246,7 +247,7 @@ def cmd_read(args: argparse.Namespace) -> int:
         ctx.close()
 
 
-# -- registration -------------------------------------------------------------------------------------------------------
+# -- registration ------------------------------------------------------------------------------------------------------
 
 def register(subparsers: Any) -> None:
     scan = subparsers.add_parser("scan", help="find devices on an I2C bus or a Modbus line")

@@ -52,7 +52,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         found += 1
         cause = {1: "power-on", 3: "watchdog"}.get(r.reset_cause, str(r.reset_cause))
         print(f"{port}: board {r.board_id}  {r.name} {'.'.join(map(str, r.version))} (protocol {r.proto})  "
-              f"channels {list(r.available_channels)}  {r.min_rate_hz}..{r.max_rate_hz} Hz (now {r.rate_hz:.7g} Hz: period {r.period_ns} ns)  "
+              f"channels {list(r.available_channels)}  {r.min_rate_hz}..{r.max_rate_hz} Hz "
+              f"(now {r.rate_hz:.7g} Hz: period {r.period_ns} ns)  "
               f"last reset: {cause}")
     return 0 if found else 1
 

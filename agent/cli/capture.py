@@ -3,9 +3,11 @@ spectrum and envelope spectrum with the bearing defect frequencies marked.
 
 The window comes from the running service (through its status socket: the service owns the hardware, and the
 capture is also stored as a `capture` record) or, when the service is not running, straight from the driver through
-the HAL. The analysis is NumPy only (Hann-windowed amplitude spectrum; envelope = magnitude of the analytic signal
-of the band-passed window); the bearing frequencies come from `agent.signal.bearings` and the sensor's `features`
-table (`bearing`, `shaft_hz`, `envelope.band`), or from --bearing/--shaft-hz. Without --out, a text plot.
+the HAL. The analysis is the signal core's: the Hann-windowed amplitude spectrum (`agent.signal.spectrum`) and the
+envelope spectrum of the feature kernels (the sensor's `envelope.band`, or the "auto" band of highest spectral
+kurtosis: the band the published features use); the bearing frequencies come from `agent.signal.bearings.geometry`
+and the sensor's `features` table (`bearing`, `shaft_hz`), or from --bearing/--shaft-hz. Without --out, a text
+plot.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.cli_diag import DiagError, _config, find_service, state_dir_for
+from agent.cli.common import CliError, add_diag_args, config_for, find_service, state_dir_for, with_errors
+from agent.signal.spectrum import amplitude_spectrum
 
 MAX_SECONDS = 60.0
 
@@ -59,12 +62,12 @@ def from_service(path: Path, sensor: str, seconds: float) -> Capture:
     try:
         answer = request(path, {"cmd": "capture", "sensor": sensor, "seconds": seconds}, timeout=seconds * 2 + 20)
     except (OSError, ValueError) as e:
-        raise DiagError(f"the running service did not answer the capture request ({path}): {e}") from None
+        raise CliError(f"the running service did not answer the capture request ({path}): {e}") from None
     if "error" in answer:
-        raise DiagError(f"the running service refused the capture: {answer['error']}", 2)
+        raise CliError(f"the running service refused the capture: {answer['error']}", 2)
     p = answer["capture"]
     if p.get("encoding") != "f32le-base64":
-        raise DiagError(f"unknown capture encoding {p.get('encoding')!r} from the service")
+        raise CliError(f"unknown capture encoding {p.get('encoding')!r} from the service")
     cols = [np.frombuffer(base64.b64decode(p["data"][a]), dtype="<f4").astype(float) for a in p["axes"]]
     from datetime import datetime
     t0 = int(datetime.strptime(answer["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp() * 1e9) if answer.get("ts") else 0
@@ -107,15 +110,15 @@ def from_driver(config: Any, sensor_cfg: Any, seconds: float) -> Capture:
     t.join(deadline_s + 2)
     context.close()
     if t.is_alive():
-        raise DiagError(f"{sensor_cfg.name}: the driver did not deliver within {deadline_s:g} s (stuck?); "
+        raise CliError(f"{sensor_cfg.name}: the driver did not deliver within {deadline_s:g} s (stuck?); "
                         "`edge-agent doctor` checks the device")
     if "error" in result:
         e = result["error"]
-        raise DiagError(f"{sensor_cfg.name}: {type(e).__name__}: {e}; `edge-agent doctor` checks the device")
+        raise CliError(f"{sensor_cfg.name}: {type(e).__name__}: {e}; `edge-agent doctor` checks the device")
     blocks, need = result["blocks"], result["need"]
     have = sum(len(b) for b in blocks)
     if have < need:
-        raise DiagError(f"{sensor_cfg.name}: only {have} of {need} samples within {deadline_s:g} s")
+        raise CliError(f"{sensor_cfg.name}: only {have} of {need} samples within {deadline_s:g} s")
     data = np.concatenate([b.samples.reshape(len(b), -1) for b in blocks])[:need].astype(float)
     first = blocks[0]
     return Capture(sensor_cfg.name, float(first.rate_hz), first.unit, list(first.axes), data, first.t0_ns, "driver")
@@ -123,40 +126,36 @@ def from_driver(config: Any, sensor_cfg: Any, seconds: float) -> Capture:
 
 # -- analysis -------------------------------------------------------------------------------------------------------
 
-def _hann(n: int) -> np.ndarray:
-    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+def envelope_spectrum(x: np.ndarray, rate: float, features: Any) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """The envelope spectrum as the feature kernels compute it (agent.signal.analyzer): the sensor's
+    `features.envelope.band`, or "auto" (the band of highest spectral kurtosis), so the plot shows what the published
+    `bpfo`/`bpfi`/... were computed from. (frequencies, amplitudes, (lo, hi) Hz); empty when the window is too short
+    for an "auto" band."""
+    from agent.signal.cache import configure_cache
+    try:
+        configure_cache()  # before Numba is imported: the service's compiled kernels
+    except (OSError, RuntimeError):
+        pass  # compiled in this process instead (or a caller configured it already)
+    from agent.signal import layout
+    from agent.signal.analyzer import Analyzer
+    from agent.signal.kernels import envelope_spectrum as kernel
 
-
-def amplitude_spectrum(x: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """Single-sided amplitude spectrum of a Hann-windowed signal (a sine of amplitude A shows as A)."""
-    w = _hann(len(x))
-    spec = np.abs(np.fft.rfft((x - x.mean()) * w)) * 2.0 / w.sum()
-    return np.fft.rfftfreq(len(x), 1.0 / rate), spec
-
-
-def _kurtosis(y: np.ndarray) -> float:
-    y = y - y.mean()
-    v = float((y * y).mean())
-    return float((y ** 4).mean() / (v * v)) if v > 0 else 0.0
-
-
-def envelope(x: np.ndarray, rate: float, band: tuple[float, float] | None) -> tuple[np.ndarray, tuple[float, float]]:
-    """|analytic signal| of x band-passed to `band` (FFT brick-wall); `band` None: the most impulsive of eight
-    bands between 2 % and 45 % of the sample rate (highest kurtosis of the band's envelope)."""
+    feats = dict(features or {})
+    env = feats.get("envelope")
+    feats["envelope"] = dict(env) if isinstance(env, dict) else {}  # the envelope on, whatever the config says
     n = len(x)
-    X = np.fft.fft(x - x.mean())
-    f = np.abs(np.fft.fftfreq(n, 1.0 / rate))
-
-    def env(lo: float, hi: float) -> np.ndarray:
-        Y = np.where((f >= lo) & (f <= hi), X, 0)
-        Y[np.fft.fftfreq(n) < 0] = 0  # analytic signal: drop negative frequencies, double the rest
-        return np.abs(np.fft.ifft(2 * Y))
-
-    if band is None:
-        edges = np.linspace(0.02 * rate, 0.45 * rate, 9)
-        candidates = [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
-        band = max(candidates, key=lambda ab: _kurtosis(env(*ab)))
-    return env(*band), band
+    try:
+        analyzer = Analyzer(feats, rate, n)
+    except ValueError as e:
+        raise CliError(f"features: {e}", 2) from None
+    row = analyzer.compute(np.ascontiguousarray(x, dtype=np.float64))[0]
+    lo, hi = float(row[layout.ENV_LO_HZ]), float(row[layout.ENV_HI_HZ])
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        return np.zeros(0), np.zeros(0), (0.0, 0.0)
+    df = rate / n
+    spec = np.fft.rfft(analyzer.window * (x - x.mean()))
+    _, amp = kernel(spec, int(round(lo / df)), int(round(hi / df)), analyzer.env_m, n)
+    return np.arange(len(amp)) * df, amp, (lo, hi)
 
 
 def bearing_markers(features: Any, bearing: str | None, shaft_hz: float | None) -> tuple[dict[str, float], float]:
@@ -167,13 +166,9 @@ def bearing_markers(features: Any, bearing: str | None, shaft_hz: float | None) 
     if not spec or shaft <= 0:
         return {}, shaft
     try:
-        if isinstance(spec, str):
-            geometry = bearings.preset(spec)
-        else:
-            geometry = bearings.BearingGeometry(int(spec["balls"]), float(spec["ball_diameter"]),
-                                                float(spec["pitch_diameter"]), float(spec.get("contact_angle", 0)))
+        geometry = bearings.geometry(spec)
     except (ValueError, KeyError, TypeError) as e:
-        raise DiagError(f"bearing: {e}", 2) from None
+        raise CliError(f"bearing: {e}", 2) from None
     return geometry.frequencies(shaft), shaft
 
 
@@ -183,18 +178,12 @@ def analyse(cap: Capture, axis: str | None, features: Any, bearing: str | None, 
     elif axis in cap.axes:
         k = cap.axes.index(axis)
     else:
-        raise DiagError(f"--axis: expected one of {', '.join(cap.axes)}, got {axis!r}", 2)
+        raise CliError(f"--axis: expected one of {', '.join(cap.axes)}, got {axis!r}", 2)
     x = cap.samples[:, k]
     rate = cap.rate_hz
     f, spec = amplitude_spectrum(x, rate)
-    env_cfg = (features or {}).get("envelope")
-    band = None
-    if isinstance(env_cfg, dict) and isinstance(env_cfg.get("band"), list):
-        lo, hi = (float(v) for v in env_cfg["band"])
-        band = (lo, min(hi, rate / 2))
-    e, band = envelope(x, rate, band)
-    ef, espec = amplitude_spectrum(e, rate)
     markers, shaft = bearing_markers(features, bearing, shaft_hz)
+    ef, espec, band = envelope_spectrum(x, rate, features)
     return Analysis(cap.axes[k], np.arange(len(x)) / rate, x, f, spec, ef, espec, band, markers, shaft,
                     float(np.sqrt(np.mean((x - x.mean()) ** 2))), float(np.max(np.abs(x))))
 
@@ -217,7 +206,7 @@ def spectrum_fmax(rate: float) -> float:
 
 def draw(cap: Capture, a: Analysis, path: Path) -> dict[str, Any]:
     """Render the three panels to a PNG; returns the panels (data-to-pixel mappings) for whoever wants them."""
-    from agent.cli_diag_plot import MARKERS, Canvas, Panel, write_png
+    from agent.cli.plot import MARKERS, Canvas, Panel, write_png
     c = Canvas(WIDTH, HEIGHT)
     unit = cap.unit or "units"
     c.text(LEFT, 8, f"{cap.sensor} axis {a.axis}: {len(a.x)} samples at {cap.rate_hz:g} Hz, rms {a.rms:.3g}, "
@@ -299,22 +288,22 @@ def text_plot(cap: Capture, a: Analysis) -> str:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     if not 0 < args.seconds <= MAX_SECONDS:
-        raise DiagError(f"--seconds: expected more than 0 and at most {MAX_SECONDS:g}, got {args.seconds:g}", 2)
+        raise CliError(f"--seconds: expected more than 0 and at most {MAX_SECONDS:g}, got {args.seconds:g}", 2)
     if args.shaft_hz is not None and args.shaft_hz <= 0:
-        raise DiagError(f"--shaft-hz: expected a positive number, got {args.shaft_hz:g}", 2)
+        raise CliError(f"--shaft-hz: expected a positive number, got {args.shaft_hz:g}", 2)
     out = Path(args.out) if args.out else None
     if out is not None:
         if out.suffix.lower() != ".png":
-            raise DiagError(f"--out: expected a file name ending in .png, got {out}", 2)
+            raise CliError(f"--out: expected a file name ending in .png, got {out}", 2)
         if not out.parent.exists():
-            raise DiagError(f"--out: directory {out.parent} does not exist", 2)
-    config = _config(args, required=True)
+            raise CliError(f"--out: directory {out.parent} does not exist", 2)
+    config = config_for(args, required=True)
     assert config is not None
     sensor = next((s for s in config.sensors if s.name == args.sensor), None)
     streams = [s.name for s in config.sensors if s.kind == "stream"]
     if sensor is None or sensor.kind != "stream":
         what = "a slow sensor (capture needs a stream sensor)" if sensor is not None else "not configured"
-        raise DiagError(f"{args.sensor!r} is {what}; stream sensors in {config.source}: "
+        raise CliError(f"{args.sensor!r} is {what}; stream sensors in {config.source}: "
                         f"{', '.join(streams) or 'none'}", 2)
     state_dir = state_dir_for(args, config)
     path, doc = (None, None) if args.direct else find_service(args, state_dir)
@@ -334,12 +323,12 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_capture(sub: argparse._SubParsersAction, common: Any, with_errors: Any) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("capture", help="record a raw window of a stream sensor: waveform, spectrum, envelope spectrum",
                        description="Records N seconds of raw samples (from the running service, else straight from "
                                    "the driver) and draws waveform, spectrum and envelope spectrum with the bearing "
                                    "defect frequencies marked: a PNG with --out, a text plot without.")
-    common(p, socket=True)
+    add_diag_args(p, socket=True)
     p.add_argument("sensor", metavar="SENSOR", help="a stream sensor's name from the config")
     p.add_argument("--seconds", "-s", type=float, default=1.0, metavar="N", help="window length (default 1 s)")
     p.add_argument("--out", "-o", metavar="FILE.png", help="write a PNG (default: a text plot)")
