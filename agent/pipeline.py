@@ -25,6 +25,7 @@ from agent.config import Config, SensorConfig
 from agent.errors import StartError
 from agent.outbox import Outbox
 from agent.processing import KERNELS, Processor, ValueBoard, make_processor
+from agent.realtime import RealtimePolicy, promote_reader, restore_process, tune_process
 from agent.records import Emit
 from agent.stats import Stats
 from agent.uplink import Uplink
@@ -50,9 +51,12 @@ class Reader(threading.Thread):
     """Reads one sensor and hands what it gets to the processing queue. Never dies of a sensor fault."""
 
     def __init__(self, sensor: SensorConfig, context: HalContext, out: queue.Queue[_Item], stats: Stats,
-                 stop: threading.Event, start_after: threading.Event | None = None) -> None:
+                 stop: threading.Event, start_after: threading.Event | None = None,
+                 realtime: RealtimePolicy | None = None) -> None:
         super().__init__(name=f"reader-{sensor.name}", daemon=True)
         self.start_after = start_after  # opens the source only once this is set (the kernels of a stream sensor)
+        self.realtime = realtime or RealtimePolicy.off()
+        self.scheduling = "default"
         self.sensor = sensor
         self.context = context
         self.out = out
@@ -68,6 +72,15 @@ class Reader(threading.Thread):
             raise StartError(f"{sensor.path or 'sensor'} {sensor.name!r} (driver {sensor.driver}){where}: cannot "
                              f"open its driver: {type(e).__name__}: {e}") from e
 
+    def _latency(self) -> None:
+        """Publish how close a buffered stream source came to losing samples: its worst drain interval against
+        the time its buffer holds (`reader_latency_ms.<sensor>` vs `reader_slack_ms.<sensor>`)."""
+        worst = getattr(self.source, "worst_drain_interval_s", None)
+        if worst is not None:
+            name = self.sensor.name
+            self.stats.set(f"reader_latency_ms.{name}", round(worst * 1e3, 2))
+            self.stats.set(f"reader_slack_ms.{name}", round(self.source.buffer_slack_s * 1e3, 2))  # type: ignore
+
     def _deliver(self, data: Block | list[Reading]) -> None:
         try:
             self.out.put_nowait(_Item(self.sensor.name, data))
@@ -82,6 +95,10 @@ class Reader(threading.Thread):
         while self.start_after is not None and not self.start_after.is_set() and not self.stop_event.is_set():
             self.stats.progress(stage)  # waiting for the kernels (compiling, with a cold cache) is not being stuck
             self.start_after.wait(0.5)
+        if self.source.kind == "stream":  # a hardware FIFO waits for nobody: this thread goes first
+            self.scheduling = promote_reader(self.realtime)
+            self.stats.set(f"reader_scheduling.{self.sensor.name}", self.scheduling)
+            log.info("sensor %s: reader thread scheduled %s", self.sensor.name, self.scheduling)
         while not self.stop_event.is_set():
             self.stats.progress(stage)
             try:
@@ -94,6 +111,7 @@ class Reader(threading.Thread):
                     if block is not None:
                         self.stats.inc(f"samples.{self.sensor.name}", len(block))
                         self._deliver(block)
+                        self._latency()
                 else:
                     clock = self.context.clock  # real time, or plant time when emulating faster
                     t0 = clock.monotonic()
@@ -190,8 +208,10 @@ class Pipeline:
     `agent.app`."""
 
     def __init__(self, config: Config, state_dir: Path, *, config_path: str | None = None, clock: object = None,
-                 plant: object = None) -> None:
+                 plant: object = None, realtime: RealtimePolicy | None = None) -> None:
         self.config = config
+        self.realtime = RealtimePolicy() if realtime is None else realtime  # the readers' real-time budget
+        self._switch_interval: float | None = None
         self.clock = clock  # hal.clock for the sensors (None: real time); a scaled clock runs emulation faster
         self.plant = plant  # the emulated plant to use (None: each HalContext makes its own)
         self.config_path = config_path
@@ -226,8 +246,25 @@ class Pipeline:
         # 32-sample FIFO (the load holds the GIL for up to ~60 ms at a time; the FIFO lasts 40 ms at 800 Hz), and
         # its first window would need them anyway. Slow sensors start at once.
         stop = threading.Event()
-        reader = Reader(sensor, self.context, self._queue, self.stats, stop,
-                        KERNELS.done if sensor.kind == "stream" else None)
+        process = self.realtime.process
+        if process is None:  # real buses only: an emulated chip in another process would not see our plant
+            table = self.context.buses.get(sensor.bus or "") or {}
+            process = not (self.context.emulate or sensor.driver.startswith("emulated.")
+                           or table.get("backend", "real") == "emulated")
+        if sensor.kind == "stream" and process:  # its own process and GIL (agent.acquisition)
+            from agent.acquisition import ProcessReader
+
+            def deliver(block: Block, name: str = sensor.name) -> None:
+                try:
+                    self._queue.put_nowait(_Item(name, block))
+                except queue.Full:
+                    self.stats.inc("processing_queue_full")
+                    self.stats.inc(f"dropped.{name}")
+            reader: Reader = ProcessReader(sensor, self.context, deliver, self.stats, stop,  # type: ignore
+                                           self.realtime)
+        else:
+            reader = Reader(sensor, self.context, self._queue, self.stats, stop,
+                            KERNELS.done if sensor.kind == "stream" else None, self.realtime)
         self._reader_stops[sensor.name] = stop
         return reader
 
@@ -239,6 +276,8 @@ class Pipeline:
                                             name="processing", daemon=True)
 
     def _start_acquisition(self) -> None:
+        if any(s.kind == "stream" for s in self.config.sensors) and self._switch_interval is None:
+            self._switch_interval = tune_process(self.realtime)
         self._processing.start()
         for r in self.readers:
             r.start()
@@ -262,6 +301,8 @@ class Pipeline:
         self._stop_readers(self.readers)
         self._stop_processing_thread()
         self.context.close()
+        restore_process(self._switch_interval)
+        self._switch_interval = None
 
     def _attach_commands(self) -> None:
         if self.config.commands.enabled:

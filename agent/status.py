@@ -66,7 +66,7 @@ def expected_acquisition_hz(sensor: Any) -> float | None:
 
 def _sensor(s: Any, streams: dict[str, Any]) -> dict[str, Any]:
     return {"name": s.name, "driver": s.driver, "kind": s.kind, "bus": s.bus, "expected_rate_hz": expected_rate_hz(s),
-            "rate_hz": None, "streams": streams, "errors": None, "dropped": None}
+            "rate_hz": None, "streams": streams, "errors": None, "dropped": None, "reader": None}
 
 
 def _outbox(path: Any, depth: int, oldest_ts_ns: int | None, t: int, file_bytes: int | None) -> dict[str, Any]:
@@ -107,6 +107,10 @@ def live_document(agent: Any, *, counters: dict[str, Any], outbox_head: Any, str
                      acquisition_hz=acquisition_hz.get(s.name), expected_acquisition_hz=expected_acquisition_hz(s),
                      errors=snap.get(f"reader_errors.{s.name}", 0) + snap.get(f"processing_errors.{s.name}", 0),
                      dropped=snap.get(f"dropped.{s.name}", 0))
+        if s.kind == "stream":  # a buffered stream reader: worst drain interval against its FIFO's slack
+            entry["reader"] = {"worst_drain_ms": snap.get(f"reader_latency_ms.{s.name}"),
+                               "slack_ms": snap.get(f"reader_slack_ms.{s.name}"),
+                               "scheduling": snap.get(f"reader_scheduling.{s.name}")}
         sensors.append(entry)
     uplink = agent.uplink
     outbox = _outbox(getattr(agent.outbox, "path", ""), outbox_head.depth, outbox_head.oldest_ts_ns, t,

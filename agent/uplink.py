@@ -128,6 +128,7 @@ class Uplink:
         c.on_publish = self._on_publish
         c.on_unsubscribe = self._on_unsubscribe
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         return c
 
     def _make_format(self) -> "WireFormat":
@@ -163,6 +164,15 @@ class Uplink:
         self._down_reported = False
         if self.format.on_connect(client):
             self.set_ready(True)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
+                      properties: Any) -> None:
+        """A SUBACK: the broker now routes commands to us (tests and diagnostics wait on this counter)."""
+        if any(getattr(rc, "is_failure", False) for rc in reason_codes or []):
+            self.stats.inc("uplink_subscribe_refused")
+            log.error("the broker refused a subscription: %s", ", ".join(str(rc) for rc in reason_codes))
+        else:
+            self.stats.inc("uplink_subscriptions")
 
     def set_ready(self, ready: bool) -> None:
         """Data may flow (True) or must wait (False, e.g. Sparkplug's primary host is offline). Records already

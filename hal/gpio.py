@@ -209,9 +209,10 @@ class GpioCounter(_GpioInput):
         if self.device is None:
             return self._not_open()
         with self.lock:
+            t_ns = self.time_ns()  # stamped when sampled, not after a preemption between the two
             self._settle(self.factory.ticks())
             count = self.count
-        return [Reading(self.name, self.time_ns(), count, "count", Quality.GOOD)]
+        return [Reading(self.name, t_ns, count, "count", Quality.GOOD)]
 
 
 class GpioFrequency(_GpioInput):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.config import load
 from agent.pipeline import Agent
 from tests.agent_helpers import wait
+
+pytestmark = pytest.mark.slow  # whole agents answering commands through a broker
 
 CONFIG = """
 [agent]
@@ -82,7 +83,7 @@ def setup(broker, tmp_path: Path):
     agent.start()
     assert wait(lambda: agent.stats.get("link") == "up")
     console = Console(broker.port)
-    time.sleep(0.3)  # the agent's command subscription is made on connect
+    assert wait(lambda: agent.stats.get("uplink_subscriptions") >= 1)  # the broker acknowledged the cmd topic
     yield agent, console, path
     console.close()
     agent.stop()
@@ -148,7 +149,7 @@ def test_not_allowed_command(broker, tmp_path: Path) -> None:
     console = Console(broker.port)
     try:
         assert wait(lambda: agent.stats.get("link") == "up")
-        time.sleep(0.3)
+        assert wait(lambda: agent.stats.get("uplink_subscriptions") >= 1)
         r = console.send("reload", {"id": 1})
         assert r is not None and r["error"]["code"] == "not_allowed"
     finally:
@@ -234,7 +235,7 @@ def writable(broker, tmp_path: Path):
     agent.start()
     assert wait(lambda: agent.stats.get("link") == "up")
     console = Console(broker.port)
-    time.sleep(0.3)
+    assert wait(lambda: agent.stats.get("uplink_subscriptions") >= 1)
     yield agent, console
     console.close()
     agent.stop()

@@ -18,6 +18,8 @@ from agent.outbox import Outbox
 from agent.records import Emit
 from tests.agent_helpers import wait
 
+pytestmark = pytest.mark.slow  # an agent writing to a filling disk
+
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:

@@ -10,8 +10,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from tests.agent_helpers import run_agent, small_config, wait
 from tests.mqtt_helpers import MosquittoBroker, by_stream, free_port
+
+pytestmark = pytest.mark.slow  # whole agents against a broker, restarts
 
 
 def _assert_contract(rec: dict, agent_id: str) -> None:
@@ -114,7 +118,7 @@ def test_broker_down_at_start_buffers_then_drains_in_order_none_twice(subscriber
     finally:
         agent.stop(drain_s=15)  # generous: on a loaded machine the last records need a moment
         stopped_depth = agent.outbox.depth
-    sub.wait_for(lambda s: s.snapshot()[-1].topic.endswith("/status"), 5)
+    sub.wait_for(lambda s: s.snapshot()[-1].topic.endswith("/status"), 30)  # the offline status comes last
     records = sub.records()
     seqs = by_stream(records)
     for stream, s in seqs.items():

@@ -22,6 +22,8 @@ from agent.config import SparkplugConfig, parse  # noqa: E402
 from agent.pipeline import Agent  # noqa: E402
 from tests.agent_helpers import wait  # noqa: E402
 
+pytestmark = pytest.mark.slow  # whole agents against a broker and a Sparkplug host
+
 GROUP, NODE = "plant1", "press7"
 
 
@@ -256,7 +258,8 @@ def test_primary_host_state_gates_birth_and_the_backlog_is_flushed_as_historical
     finally:
         agent.stop(drain_s=15)
     assert agent.outbox.depth == 0, "everything stored was published before the clean stop"
-    time.sleep(0.3)
+    # the clean stop's NDEATH comes last from this publisher: once it is here, everything before it is too
+    assert wait(lambda: len(host.of("NDEATH")) == 2)
     msgs = host.snapshot()
     check_stream(msgs)
     b1, b2 = (_bdseq(p) for _, p in host.of("NBIRTH"))
@@ -332,7 +335,7 @@ def test_dcmd_writes_go_through_the_command_allow_list(broker, host, tmp_path: P
     agent.start()
     try:
         assert wait(lambda: agent.stats.get("link") == "up")
-        time.sleep(0.3)
+        assert wait(lambda: agent.stats.get("uplink_subscriptions") >= 1)  # NCMD/DCMD acknowledged by the broker
         dcmd(True)
         assert wait(lambda: agent.stats.get("commands_rejected") >= 1)
         assert agent.readers[0].source.device.value == 0

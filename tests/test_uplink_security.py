@@ -13,6 +13,8 @@ from agent.config import Broker, parse
 from tests.agent_helpers import run_agent, small_config, wait
 from tests.mqtt_helpers import MosquittoBroker, Subscriber, free_port
 
+pytestmark = pytest.mark.slow  # TLS brokers and whole agents
+
 
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)

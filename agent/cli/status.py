@@ -131,6 +131,13 @@ def render_status(doc: dict[str, Any]) -> Any:
             summary.append(f"outbox gap events: {gaps[key]}")
     lines.append(Text("; ".join(summary) if summary else "no drops, no gaps",
                       style="yellow" if summary else "green"))
+    for s in doc.get("sensors") or []:  # stream readers: how close they came to losing samples
+        r = s.get("reader") or {}
+        if r.get("worst_drain_ms") is not None and r.get("slack_ms"):
+            late = r["worst_drain_ms"] > r["slack_ms"]
+            lines.append(Text(f"reader {s['name']}: worst drain interval {r['worst_drain_ms']:.1f} ms of "
+                              f"{r['slack_ms']:.0f} ms FIFO slack ({r.get('scheduling') or 'default'})",
+                              style="yellow" if late else ""))
     return Group(*lines)
 
 

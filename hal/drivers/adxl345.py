@@ -130,6 +130,8 @@ class ADXL345:
         self._next_t: float | None = None  # bus-clock time of the next expected sample (after a fault: loss)
         self._last_status_t: float | None = None  # bus-clock time of the last FIFO_STATUS read (FIFO then drained)
         self._wall0 = 0
+        self.worst_drain_interval_s = 0.0  # longest time between two FIFO_STATUS reads (the FIFO filling meanwhile)
+        self.worst_wake_late_s = 0.0  # longest oversleep: scheduler and GIL latency of the reading thread
         i2c.prepare(self)  # an emulated bus places the chip model this driver expects (hal.emulated.drivers)
 
     # -- setup --------------------------------------------------------------------------------------------------
@@ -192,12 +194,13 @@ class ADXL345:
         entries = chip.FIFO_ENTRIES.get(dev.read_u8(_REG_FIFO_STATUS))
         now = self.clock()
         self.counters["drains"] += 1
+        assert self._last_status_t is not None
+        self.worst_drain_interval_s = max(self.worst_drain_interval_s, now - self._last_status_t)
         if entries == 0:
             return 0
         raw = np.empty((entries, 3), dtype=np.int16)
         for i in range(entries):  # one six-byte burst per entry: reading DATAZ1 pops the entry
             raw[i] = np.frombuffer(dev.read_bytes(_REG_DATAX0, chip.SAMPLE_BYTES), dtype="<i2")
-        assert self._last_status_t is not None
         if full_flag or entries >= FIFO_DEPTH:
             self.counters["full"] += 1
             self._lost(self.lost_since(now - self._last_status_t, entries))
@@ -209,6 +212,11 @@ class ADXL345:
         self._last_status_t = now
         self._next_t = now + 1.0 / self.rate_hz
         return entries
+
+    @property
+    def buffer_slack_s(self) -> float:
+        """How long the FIFO holds samples: the longest a reader may stay away without losing any."""
+        return FIFO_DEPTH / self.rate_hz
 
     def lost_since(self, elapsed_s: float, entries: int) -> int:
         """Samples lost when a full FIFO holding `entries` is found `elapsed_s` after the previous drain's
@@ -259,7 +267,10 @@ class ADXL345:
             left = deadline - self.clock()
             if left <= 0:
                 return None
-            self.sleep(min(self.watermark / self.rate_hz, self.max_wait_s, left))
+            nap = min(self.watermark / self.rate_hz, self.max_wait_s, left)
+            t = self.clock()
+            self.sleep(nap)
+            self.worst_wake_late_s = max(self.worst_wake_late_s, self.clock() - t - nap)
 
     def close(self) -> None:
         if self.ready:

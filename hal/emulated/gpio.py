@@ -72,6 +72,7 @@ class EmulatedGpioBus:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.worst_edge_late_s = 0.0  # clock seconds: how late a stimulus edge reached its pin after its stamp
         self._t0 = self.factory.ticks()
         if plant is not None and clock is getattr(plant, "clock", None):
             self._t0 -= plant.now()  # pin time and plant time agree
@@ -152,6 +153,9 @@ class EmulatedGpioBus:
                     else:
                         self._set(s, False, s.next_t)
                         s.next_t += max(1.0 / value - s.width_s, 0.5 / value)
+                    # an edge is stamped when it was due; on a busy machine it reaches the pin (and a counter's poll)
+                    # later: the lag is measured so that tests can allow for it instead of assuming an idle CPU
+                    self.worst_edge_late_s = max(self.worst_edge_late_s, self.factory.ticks() - s.last_t)
                 wake = min(wake, s.next_t)
             self._stop.wait(max(wake - self.factory.ticks(), 0.0005) / self._speed)
 

@@ -16,6 +16,8 @@ from hal.emulated.plant import Plant
 from hal.sensornode import protocol as H
 from tests.firmware.vectors import frame_vectors
 
+pytestmark = pytest.mark.slow  # the firmware in the MicroPython emulator on a pty
+
 UID = bytes.fromhex("e6614c311b2a3c2d")
 
 

@@ -12,10 +12,13 @@ import time
 import tomllib
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from agent.records import Emit
 from hal.types import Quality
+
+pytestmark = pytest.mark.slow  # the agent's live view on the emulated plant
 
 ROOT = Path(__file__).resolve().parents[2]
 

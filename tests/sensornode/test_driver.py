@@ -23,7 +23,7 @@ from hal.sensornode.driver import SensorNode
 from hal.sources import HalContext, open_source
 from hal.types import Block, Quality
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]  # the driver against the emulated firmware on a pty
 
 BOARD = "e6614c311b2a3c2d"
 # the rp2 timer runs whole microseconds (1_000_000 // rate): what the node really samples at, and reports

@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from agent.service import read_status
 from tests.service.helpers import NotifyListener
+
+pytestmark = pytest.mark.slow  # `edge-agent run` under a fake systemd
 
 CONFIG = """
 [agent]
