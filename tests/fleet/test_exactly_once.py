@@ -237,7 +237,9 @@ def test_every_committed_record_once_through_kills_and_a_broker_restart(tmp_path
     for stream, n in heads.items():
         seqs = have.get(stream, [])
         assert len(seqs) == len(set(seqs))  # the primary key; checked anyway
-        assert not set(seqs) & gone.get(stream, set()), f"{stream}: stored and also declared dropped"
+        # a seq may be both stored and named by the purge's gap event: a record published just before a SIGKILL
+        # (PUBACK never seen, so still in the outbox when it was purged) can reach the broker and the database
+        # anyway; the gap event says "may never arrive", and a stored record simply wins
         missing = set(range(n)) - set(seqs) - gone.get(stream, set())
         assert not missing, f"{stream}: {len(missing)} committed seqs never stored: {sorted(missing)[:20]}"
         assert max(seqs) == n - 1

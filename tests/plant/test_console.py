@@ -97,7 +97,7 @@ def _run(args: list[str], tty: bool, tmp: Path, port: int) -> tuple[int, str, st
 
 
 def test_run_draws_the_view_in_a_terminal_and_logs_plain_lines_through_a_pipe(tmp_path: Path, broker) -> None:
-    rc, out, err = _run(["--scenario", "demo", "--speed", "4", "--duration", "5"], True, tmp_path / "a", broker.port)
+    rc, out, err = _run(["--scenario", "demo", "--speed", "4", "--duration", "8"], True, tmp_path / "a", broker.port)
     assert rc == 0, err
     assert "vibration" in out and "sensors" in out and "scenario demo" in out and "machine" in out
     assert "motor.current" in out and "spindle_vibration" in out
