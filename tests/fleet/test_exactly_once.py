@@ -124,6 +124,11 @@ def test_every_committed_record_once_through_kills_and_a_broker_restart(tmp_path
     state = tmp_path / "state"
     agent_cmd = [sys.executable, "-m", "agent", "run", "--config", str(cfg), "--state-dir", str(state)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # as install.sh does: the kernels load on a thread of their own and the stream sensor is read once they are
+    # ready; with a cold cache every short-lived run below would be killed while compiling, and none would cache
+    warm = subprocess.run([sys.executable, "-m", "agent", "warmup"], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert warm.returncode == 0, warm.stderr[-2000:]
 
     ingest_kills = 0
     stop_killer = threading.Event()
@@ -205,7 +210,7 @@ def test_every_committed_record_once_through_kills_and_a_broker_restart(tmp_path
         assert not killer_errors, killer_errors
         assert ingest_kills == 10
         # a clean run drains the outbox (and leaves the retained status offline)
-        done = subprocess.run(agent_cmd + ["--duration", "2"], capture_output=True, text=True, timeout=120,
+        done = subprocess.run(agent_cmd + ["--duration", "4"], capture_output=True, text=True, timeout=120,
                               env=env)
         assert done.returncode == 0, done.stderr[-2000:]
         heads = outbox_heads(state)
