@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,9 @@ def test_read_prints_values_with_units_and_quality(capsys):
 
 def test_read_a_stream_sensor_and_an_unknown_one(capsys):
     assert main(["read", "spindle_vibration", "--emulate", "-c", str(EXAMPLE), "-n", "1"]) == 0
-    assert "block 200 samples @ 800 Hz, gap 0" in capsys.readouterr().out
+    # the gap is what the emulated FIFO really lost: 0 on a quiet machine, a few samples when this process was
+    # kept off the CPU for longer than the FIFO's 40 ms (tests/hal/test_i2c_drivers.py checks the accounting)
+    assert re.search(r"block 200 samples @ 800 Hz, gap \d+, (good|uncertain)", capsys.readouterr().out)
     assert main(["read", "nope", "--emulate", "-c", str(EXAMPLE)]) == 2
     assert "no sensor 'nope'" in capsys.readouterr().err
 
