@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -130,10 +131,7 @@ def groupable(record: Record, sensor: str) -> bool:
 
 
 def _mode(values: list[Any]) -> Any:
-    counts: dict[Any, int] = {}
-    for v in values:
-        counts[v] = counts.get(v, 0) + 1
-    return max(counts, key=lambda v: counts[v])  # first of the most frequent: deterministic
+    return Counter(values).most_common(1)[0][0]  # ties: the first encountered (deterministic)
 
 
 def grouped_body(records: list[Record], agent_id: str, sensor: str, *, historical: bool = False) -> dict[str, Any]:
