@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -117,9 +118,18 @@ def test_without_privileges_the_reader_falls_back_to_default_scheduling_and_says
             "import threading\n"
             "print(promote_reader(RealtimePolicy()))\n"
             "print(thread_policy(threading.get_native_id()))\n")
-    r = subprocess.run([SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                        sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # the unprivileged user may not be able to read the checkout (a clone under a 0700 directory): give it a
+    # world-readable copy of the two modules it needs (agent.realtime imports only the standard library)
+    with tempfile.TemporaryDirectory() as tmp:
+        pkg = Path(tmp) / "agent"
+        pkg.mkdir()
+        for name in ("__init__.py", "realtime.py"):
+            shutil.copy(ROOT / "agent" / name, pkg / name)
+        for p in (Path(tmp), pkg, *pkg.iterdir()):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        r = subprocess.run([SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                            os.path.realpath(sys.executable), "-I", "-c", f"import sys; sys.path.insert(0, {tmp!r})\n"
+                            + code], capture_output=True, text=True, timeout=120, cwd=tmp)
     assert r.returncode == 0, r.stderr
     applied, now = r.stdout.splitlines()
     assert applied.startswith("default (SCHED_FIFO: ") and "nice -10: " in applied, applied

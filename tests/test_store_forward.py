@@ -112,6 +112,11 @@ def test_sigkill_at_random_moments_loses_no_committed_record(broker, tmp_path: P
             n = sum(1 for m in sub.snapshot() if m.topic.endswith("/status") and b'"online"' in m.payload)
             assert sub.wait_for(lambda s: sum(1 for m in s.snapshot() if m.topic.endswith("/status")
                                               and b'"online"' in m.payload) > n, 60), proc.stderr
+            # and its stream sensor is producing (it starts once the feature kernels are loaded, which on a busy
+            # machine can take longer than the random moment below): kills land while both streams commit
+            v = sum(1 for m in sub.snapshot() if m.topic.endswith("/features/vib"))
+            assert sub.wait_for(lambda s: sum(1 for m in s.snapshot() if m.topic.endswith("/features/vib")) > v,
+                                60), "the stream sensor never published"
             time.sleep(rng.uniform(0.05, 0.8))
         finally:
             proc.send_signal(signal.SIGKILL)
