@@ -68,6 +68,10 @@ class EmulatedGpioBus:
         self.factory = EmulatedPinFactory(clock)
         self.time_ns: Callable[[], int] = getattr(clock, "time_ns", None) or time.time_ns  # reading timestamps
         self._speed = float(getattr(clock, "speed", 1.0) or 1.0)  # clock seconds per real second
+        # the stimulus thread waits on the clock (hal.clock), so that on virtual time (ManualClock) it wakes at each
+        # edge's plant time; a bare callable clock (a test's) is scaled real time
+        self._wait: Callable[[threading.Event, float], bool] = (
+            getattr(clock, "wait", None) or (lambda event, s: event.wait(s / self._speed)))
         self._stimuli: list[_Stimulus] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -157,7 +161,7 @@ class EmulatedGpioBus:
                     # later: the lag is measured so that tests can allow for it instead of assuming an idle CPU
                     self.worst_edge_late_s = max(self.worst_edge_late_s, self.factory.ticks() - s.last_t)
                 wake = min(wake, s.next_t)
-            self._stop.wait(max(wake - self.factory.ticks(), 0.0005) / self._speed)
+            self._wait(self._stop, max(wake - self.factory.ticks(), 0.0005))
 
     def close(self) -> None:
         self._stop.set()
