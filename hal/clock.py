@@ -94,11 +94,14 @@ class ManualClock(RealClock):
     bound on a hang, not on speed)."""
 
     def __init__(self, start: float = 1000.0, start_ns: int | None = None, settle_timeout_s: float = 300.0) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # the driver waits on it: a thread parked
         self._ns = 0  # clock nanoseconds since the clock was made
         self._mono0 = float(start)
         self._start_ns = time.time_ns() if start_ns is None else int(start_ns)
-        self._parked: dict[threading.Thread, int] = {}  # thread -> the clock nanosecond it waits for
+        # thread -> (the clock nanosecond it waits for, its own condition on the same lock): a step wakes only the
+        # threads due then, not every parked one
+        self._parked: dict[threading.Thread, tuple[int, threading.Condition]] = {}
         self._running: set[threading.Thread] = set()  # woken by the clock and not parked again yet
         self.driver = threading.current_thread()
         self.settle_timeout_s = settle_timeout_s
@@ -108,11 +111,11 @@ class ManualClock(RealClock):
         return max(1, math.ceil(seconds * 1e9)) if seconds > 0 else 0
 
     def time_ns(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._start_ns + self._ns
 
     def monotonic(self) -> float:
-        with self._cond:
+        with self._lock:
             return self._mono0 + self._ns / 1e9
 
     def __call__(self) -> float:
@@ -120,7 +123,7 @@ class ManualClock(RealClock):
 
     def parked(self) -> int:
         """Threads parked on the clock now (a test waits for its threads to park before it moves time)."""
-        with self._cond:
+        with self._lock:
             return len(self._parked)
 
     def sleep(self, seconds: float) -> None:
@@ -139,33 +142,39 @@ class ManualClock(RealClock):
 
     def _park(self, event: threading.Event | None, seconds: float) -> bool:
         me = threading.current_thread()
-        with self._cond:
+        mine = threading.Condition(self._lock)
+        with self._lock:
             deadline = self._ns + self._span_ns(seconds)
-            self._parked[me] = deadline
+            self._parked[me] = (deadline, mine)
             self._running.discard(me)
-            self._cond.notify_all()  # an advance may be waiting for this thread to park
+            self._cond.notify()  # an advance may be waiting for this thread to park
             try:
                 while self._ns < deadline and not (event is not None and event.is_set()):
-                    self._cond.wait(0.05)  # an event is set without notifying the clock: look again soon
+                    mine.wait(0.05)  # an event is set without notifying the clock: look again soon
             finally:
                 del self._parked[me]
                 self._running.add(me)
         return event.is_set() if event is not None else True
 
+    def _wake_due(self) -> None:
+        """(lock held) Wake the threads whose deadline has come."""
+        for deadline, cond in self._parked.values():
+            if deadline <= self._ns:
+                cond.notify()
+
     def advance(self, seconds: float) -> None:
         """Move time `seconds` on, stopping at every parked thread's deadline on the way until it parked again."""
-        with self._cond:
+        with self._lock:
             target = self._ns + self._span_ns(seconds)
             while True:
                 self._settle()
-                due = [d for d in self._parked.values() if d <= target]
+                due = [d for d, _ in self._parked.values() if d <= target]
                 if not due:
                     break
                 self._ns = max(self._ns, min(due))
-                self._cond.notify_all()
-                self._cond.wait(0.001)  # let the woken threads leave their wait
+                self._wake_due()
             self._ns = target
-            self._cond.notify_all()
+            self._wake_due()
             self._settle()
 
     def _settle(self) -> None:
@@ -173,7 +182,7 @@ class ManualClock(RealClock):
         deadline = time.monotonic() + self.settle_timeout_s
         while True:
             self._running = {t for t in self._running if t.is_alive() and t not in self._parked}
-            woken = [t for t, d in self._parked.items() if d <= self._ns]  # due, not yet out of their wait
+            woken = [t for t, (d, _) in self._parked.items() if d <= self._ns]  # due, not yet out of their wait
             if not self._running and not woken:
                 return
             if time.monotonic() > deadline:

@@ -1,17 +1,22 @@
-"""The whole emulated machine under a scripted scenario, faster than real time, seen the way a maintenance engineer
-sees it: through the records on a real Mosquitto broker.
+"""The whole emulated machine under a scripted scenario, on virtual time, seen the way a maintenance engineer sees
+it: through the records on a real Mosquitto broker.
 
 One run (module fixture) of `examples/plant.toml` (ADXL345 and two BME280 and two ADS1115 on emulated I2C, GPIO on
 gpiozero's MockFactory, an SDM630 on a pymodbus TCP server, an Eaton M-Max on a pymodbus RTU server over a pty)
-driven by this scenario, 200 s of plant time at four times real time (five left too little headroom on 2 cores:
-the ADXL345's FIFO overran and windows were lost):
+driven by this scenario, 200 s of plant time on a `ManualClock` that the test steps (0.1 s at a time). Every thread
+that lives on the plant clock (the readers, the GPIO stimuli, the scenario) wakes at its exact plant time and time
+moves on only once each has parked again; between steps processing empties its queue. So what the run produces does
+not depend on how busy the machine is: no FIFO overrun, no late edge, no late scenario step. (It used to run at 4x
+real time against the wall clock and failed on a busy machine.) Real-time parts stay real: the broker, the uplink and
+the outbox, the Modbus servers and their timeouts (plant time stands still while a reader waits for an answer):
 
 * a 40 s duty cycle from t = 0: 6 s off, 4 s start-up, 24 s producing, 6 s idle (availability 60 %);
 * the energy meter goes silent at 40 s for 20 s;
 * an outer-race bearing fault appears at 80 s and grows to full severity at 180 s;
 * the broker is stopped at 100 s and started again at 120 s (the scenario's hook stops the test's Mosquitto).
 
-Every assertion is on data (record payloads and their plant-time stamps), none on wall-clock durations.
+Every assertion is on data (record payloads and their plant-time stamps), none on wall-clock durations. The waits
+(on the uplink, the broker, a hang) are bounds on a hang, not on speed.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ END_S = 200.0
 
 
 def plant_config(port: int) -> dict[str, Any]:
-    """examples/plant.toml, pointed at the test broker, with modest rates for 2 cores at 10x."""
+    """examples/plant.toml, pointed at the test broker, with the rates this test was written for."""
     raw = tomllib.loads((ROOT / "examples" / "plant.toml").read_text())
     raw["mqtt"] = {"url": f"mqtt://127.0.0.1:{port}", "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
                    "keepalive_s": 5}
@@ -208,22 +213,23 @@ def test_the_scenario_ran_every_step_on_time(run: Run) -> None:
     labels = [label for _, label, result in run.runner.log if result == "ok"]
     assert labels == ["modbus_silent(bus=meter)", "end of modbus_silent(bus=meter)",
                       "bearing_fault(grow_s=100, severity=1.0)", "broker_outage", "end of broker_outage"]
-    for t, label, _ in run.runner.log:  # plant seconds: a step is late by a scheduling hiccup at most
+    for t, label, _ in run.runner.log:  # plant seconds: on virtual time every step is exactly on time
         at = {"modbus": 40, "end of modbus": 60, "bearing": 80, "broker": 100, "end of broker": 120}
         key = next(k for k in sorted(at, key=len, reverse=True) if label.startswith(k))
-        assert at[key] <= t < at[key] + 5.0, (label, t)  # 1.25 s of real time
+        assert t == pytest.approx(at[key], abs=0.001), (label, t)
 
 
-def test_the_pipeline_kept_up_faster_than_real_time(run: Run) -> None:
+def test_the_pipeline_kept_up_with_plant_time(run: Run) -> None:
     assert run.stats.get("processing_queue_full", 0) == 0
     assert not [k for k in run.stats if k.startswith(("dropped.", "reader_errors.", "processing_errors."))]
-    # The emulated ADXL345 keeps the chip's 32-entry FIFO: at 4x on a busy 2-core machine a late drain overruns
-    # it now and then. That is counted and reported (gap_before), and a window is never stitched across it.
+    # The emulated ADXL345 keeps the chip's 32-entry FIFO (40 ms at 800 Hz). On virtual time its reader drains it
+    # at the plant time it asks for, so nothing overruns (what a busy CPU costs is bench/bench_acquisition.py's).
     vib = run.stream("spindle_vibration")
     counters = run.stats["reader_counters"]["spindle_vibration"]
-    assert counters["lost_samples"] <= 0.05 * 800 * END_S, counters
-    assert len(vib) >= END_S - 1.5 * counters["overruns"] - 10  # a window per plant second, less one per overrun
-    assert sum(r.get("gap_before", 0) for r in vib) <= counters["lost_samples"]
+    assert counters["overruns"] == 0 and counters["lost_samples"] == 0, counters
+    assert run.stats["reader_latency_ms.spindle_vibration"] < run.stats["reader_slack_ms.spindle_vibration"]
+    assert len(vib) >= END_S - 1  # a window per plant second
+    assert not [r for r in vib if r.get("gap_before")]
 
 
 def test_iso_zone_moves_from_a_b_to_c_d_as_the_bearing_fault_grows(run: Run) -> None:
@@ -264,7 +270,7 @@ def test_availability_matches_the_scripted_duty_cycle_within_one_percent(run: Ru
 
 def test_current_tracks_load_and_parts_are_counted_only_while_running(run: Run) -> None:
     current = [r for r in run.stream("motor.current") if r["quality"] == "good"]
-    # a CT reading samples 0.1 s of current from its timestamp on (longer when the machine is busy): classify each
+    # a CT reading samples 0.1 s of plant time of current from its timestamp on: classify each
     # by the machine's states until the next reading began
     spans = [(r, run.phase(r, run.t(nxt) - run.t(r))) for r, nxt in zip(current, current[1:])]
     on = [r["value"] for r, states in spans if states == {"running"}]
@@ -319,14 +325,16 @@ def test_the_broker_outage_loses_nothing(run: Run) -> None:
     for stream, head in run.heads.items():
         missing = set(range(head)) - set(got.get(stream, []))
         assert not missing, f"{stream}: lost seqs {sorted(missing)[:10]} of {head}"
+    # the windows completed during the outage (stamped at their start: the first began a second before it) went out
+    # as the backlog; the hook let the uplink publish everything made before the outage
     historical = [r for r in run.records if r.get("historical") and r["stream"] == "spindle_vibration"]
-    assert historical and all(95 <= run.t(r) <= 125 for r in historical)  # windows of the outage (a window is
-    # published when it is complete: the first ones went out just before the link loss was noticed)
+    assert len(historical) >= 18 and all(99 <= run.t(r) < 120 for r in historical), \
+        sorted(run.t(r) for r in historical)
 
 
 def test_every_record_is_stamped_in_plant_time(run: Run) -> None:
     vib = run.stream("spindle_vibration")
     spans = [run.t(b) - run.t(a) for a, b in zip(vib, vib[1:]) if not b.get("gap_before")]
     assert spans and max(abs(s - 1.0) for s in spans) < 0.01  # 800 samples at 800 Hz of plant time
-    assert max(run.t(r) for r in vib) == pytest.approx(END_S, abs=15)  # not the 40 s of real time it took
+    assert max(run.t(r) for r in vib) == pytest.approx(END_S, abs=15)  # plant time, not the wall time it took
     json.dumps(run.runner.log)
