@@ -82,6 +82,7 @@ def plant_config(port: int) -> dict[str, Any]:
     sensors = {s["name"]: s for s in raw["sensors"]}
     sensors["spindle_vibration"].update(rate_hz=800, block_size=200, window=800, hop=800, watermark=8)
     sensors["motor"]["interval_s"] = 0.5
+    sensors["part_count"]["interval_s"] = 1  # a count per plant second: a part made off the running state shows
     sensors["motor"]["channels"][0]["samples"] = 86  # 5 mains cycles: a shorter measurement, sharper state edges
     sensors["motor"]["features"]["state"]["report_s"] = 40  # one duty cycle per report
     sensors["motor"]["features"].pop("deadband")  # every reading (the test checks current against load)
