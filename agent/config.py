@@ -153,6 +153,7 @@ class SensorConfig:
     features: Mapping[str, Any] = field(default_factory=dict)
     path: str = ""  # key path in the file, for messages at run time (`sensors[1]`)
     device: str = ""  # Sparkplug device id (empty: the sensor name)
+    acquisition: str = "auto"  # stream sensors: "thread", "process" or "auto" (agent.pipeline decides)
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,8 @@ _SENSOR_GENERIC = [
     Option("enabled", bool, True, "false skips the sensor"),
     Option("device", str, "", "Sparkplug device id (default: the sensor name)",
            lambda v: None if not v else _SPARKPLUG_ID(v)),
+    Option("acquisition", str, "auto", "stream sensors: read in a thread or a process of its own (auto: a process on "
+           "real buses, a thread when emulated)", choices=("auto", "thread", "process")),
 ]
 _BUS_OPTIONS_GENERIC = [
     Option("type", str, REQUIRED, "the bus type", choices=("gpio", "i2c", "serial", "modbus_tcp", "modbus_rtu")),
@@ -406,6 +409,9 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
         if bus_check is not None and not errs and g.get("bus") in buses:
             problems.extend(path, bus_check(values, buses[g["bus"]]))
         kind = getattr(cls, "kind", "slow")
+        if kind != "stream" and g.get("acquisition") == "process":
+            problems.add(f"{path}.acquisition", "expected 'auto' or 'thread' for a slow sensor (only a stream sensor "
+                                                "is read in a process of its own), got 'process'")
         _, feature_errs = validate_features(kind, g.get("features", {}))
         problems.extend(f"{path}.features", feature_errs)
         window = g.get("window", 4096)
@@ -427,7 +433,8 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
         if name and driver and not errs:
             sensors.append(SensorConfig(name=name, driver=driver, kind=kind, options=values, bus=g.get("bus") or None,
                                         interval_s=float(g.get("interval_s", 1.0)), window=window, hop=hop,
-                                        features=g.get("features", {}), path=path, device=g.get("device", "")))
+                                        features=g.get("features", {}), path=path, device=g.get("device", ""),
+                                        acquisition=g.get("acquisition", "auto")))
 
     if problems.items:
         raise ConfigError(problems.items)

@@ -246,7 +246,7 @@ class Pipeline:
         # 32-sample FIFO (the load holds the GIL for up to ~60 ms at a time; the FIFO lasts 40 ms at 800 Hz), and
         # its first window would need them anyway. Slow sensors start at once.
         stop = threading.Event()
-        process = self.realtime.process
+        process = {"thread": False, "process": True}.get(sensor.acquisition, self.realtime.process)  # config first
         if process is None:  # real buses only: an emulated chip in another process would not see our plant
             table = self.context.buses.get(sensor.bus or "") or {}
             process = not (self.context.emulate or sensor.driver.startswith("emulated.")

@@ -27,13 +27,13 @@ from tests.mqtt_helpers import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def adxl_config(port: int, emulate: bool = True, backend: str = "emulated"):
+def adxl_config(port: int, emulate: bool = True, backend: str = "emulated", **sensor: object):
     return parse({
         "agent": {"id": "acq"},
         "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
         "buses": {"i2c1": {"type": "i2c", "backend": backend, "baudrate": 400000}},
         "sensors": [{"name": "vib", "driver": "adxl345", "bus": "i2c1", "address": 0x53, "rate_hz": 400,
-                     "block_size": 100, "watermark": 8, "window": 400, "hop": 400}],
+                     "block_size": 100, "watermark": 8, "window": 400, "hop": 400, **sensor}],
     }, "<test>", emulate=emulate)
 
 
@@ -49,6 +49,48 @@ def test_the_reader_runs_where_the_policy_says(tmp_path: Path) -> None:
     assert isinstance(forced.readers[0], ProcessReader)
     off = Agent(adxl_config(port, emulate=False, backend="real"), tmp_path / "d", realtime=RealtimePolicy.off())
     assert type(off.readers[0]) is Reader
+
+
+def test_the_acquisition_key_picks_the_reader_and_bad_values_name_their_key(tmp_path: Path) -> None:
+    """`acquisition` on a stream sensor: "auto" is the default rule above, "thread" and "process" force it (over
+    the pipeline's policy); a wrong value, or "process" on a slow sensor, is a configuration error at its key."""
+    from agent.errors import ConfigError
+    from agent.pipeline import Pipeline
+
+    port = free_port()
+    assert adxl_config(port).sensors[0].acquisition == "auto"
+    made = {
+        "emulated, process": Pipeline(adxl_config(port, acquisition="process"), tmp_path / "a"),
+        "real, thread": Pipeline(adxl_config(port, False, "real", acquisition="thread"), tmp_path / "b"),
+        "real, auto": Pipeline(adxl_config(port, False, "real", acquisition="auto"), tmp_path / "c"),
+        "thread over the policy": Pipeline(adxl_config(port, acquisition="thread"), tmp_path / "d",
+                                           realtime=RealtimePolicy(process=True)),
+    }
+    assert {k: type(p.readers[0]).__name__ for k, p in made.items()} == {
+        "emulated, process": "ProcessReader", "real, thread": "Reader", "real, auto": "ProcessReader",
+        "thread over the policy": "Reader"}
+    with pytest.raises(ConfigError) as e:
+        adxl_config(port, acquisition="fork")
+    assert "<test>: sensors[0].acquisition: expected one of 'auto', 'thread', 'process', got 'fork'" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        parse({"agent": {"id": "acq"}, "sensors": [
+            {"name": "t", "driver": "emulated.temperature", "acquisition": "process"}]}, "<test>", emulate=True)
+    assert "<test>: sensors[0].acquisition: expected 'auto' or 'thread' for a slow sensor" in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("acquisition", ["thread", "process"])
+def test_both_reader_policies_deliver_windows(tmp_path: Path, acquisition: str) -> None:
+    from agent.pipeline import Pipeline
+
+    pipeline = Pipeline(adxl_config(free_port(), acquisition=acquisition), tmp_path / "state")
+    assert type(pipeline.readers[0]).__name__ == {"thread": "Reader", "process": "ProcessReader"}[acquisition]
+    pipeline.start()
+    try:  # a features record per 400 samples (1 s at 400 Hz); a bound on a hang, not on speed
+        assert wait(lambda: pipeline.outbox.next_seq("vib") >= 2, 180), pipeline.stats.snapshot()
+    finally:
+        pipeline.stop(drain_s=0.5)
+    assert pipeline.stats.get("processing_errors.vib") == 0 and pipeline.stats.get("samples.vib") >= 800
 
 
 @pytest.mark.slow
