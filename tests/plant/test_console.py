@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import os
 import pty
+import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -65,7 +67,17 @@ def test_the_view_shows_values_quality_zone_bearing_indicators_state_and_availab
     assert "waiting" in text  # sensors with nothing yet say so
 
 
-def _run(args: list[str], tty: bool, tmp: Path, port: int) -> tuple[int, str, str]:
+READING = re.compile(r"motor\.current\s*│\s*[-0-9.]+\s*│\s*A\s*│\s*good")  # a row of the sensors table
+
+
+def _plain(out: str) -> str:
+    """Terminal output without its control sequences (colours, cursor moves)."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+
+
+def _run(args: list[str], tty: bool, tmp: Path, port: int,
+         until: tuple[re.Pattern[str], ...] = ()) -> tuple[int, str, str]:
+    """Run the agent; in a terminal, Ctrl-C (SIGINT) once the view has shown a match of every pattern of `until`."""
     cmd = [sys.executable, "-m", "agent", "run", "-c", str(ROOT / "examples" / "plant.toml"), "--broker",
            f"mqtt://127.0.0.1:{port}", "--state-dir", str(tmp / "state"), "--status-socket", str(tmp / "s.sock"),
            "--drain-s", "1", *args]
@@ -77,8 +89,13 @@ def _run(args: list[str], tty: bool, tmp: Path, port: int) -> tuple[int, str, st
     proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     os.close(slave)
     chunks: list[bytes] = []
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180  # a bound on a hang, not on speed
+    interrupted = False
     while time.monotonic() < deadline:
+        if until and not interrupted and all(u.search(_plain(b"".join(chunks).decode(errors="replace")))
+                                             for u in until):
+            proc.send_signal(signal.SIGINT)
+            interrupted = True
         ready, _, _ = select.select([master], [], [], 0.5)
         if ready:
             try:
@@ -96,11 +113,14 @@ def _run(args: list[str], tty: bool, tmp: Path, port: int) -> tuple[int, str, st
     return rc, b"".join(chunks).decode(errors="replace"), proc.stderr.read().decode(errors="replace")
 
 
+@pytest.mark.timeout(600)  # bounds on a hang: two agent runs, the first until it has drawn a reading (<= 180 s)
 def test_run_draws_the_view_in_a_terminal_and_logs_plain_lines_through_a_pipe(tmp_path: Path, broker) -> None:
-    rc, out, err = _run(["--scenario", "demo", "--speed", "4", "--duration", "8"], True, tmp_path / "a", broker.port)
+    # until the view has drawn a reading (not for a fixed time: on a busy machine the first one comes later)
+    rc, out, err = _run(["--scenario", "demo", "--speed", "4"], True, tmp_path / "a", broker.port,
+                        until=(READING, re.compile("×4")))
     assert rc == 0, err
     assert "vibration" in out and "sensors" in out and "scenario demo" in out and "machine" in out
-    assert "motor.current" in out and "spindle_vibration" in out
+    assert READING.search(_plain(out)) and "spindle_vibration" in out  # a CT reading drawn, good
     assert "×4" in out  # plant time runs four times faster
     rc, out, err = _run(["--scenario", "demo", "--speed", "4", "--duration", "3"], False, tmp_path / "b",
                         broker.port)

@@ -41,7 +41,9 @@ from hal.emulated.scenario import ScenarioRunner, parse as parse_scenario
 from tests.agent_helpers import wait
 from tests.mqtt_helpers import MosquittoBroker, Subscriber, by_stream, free_port
 
-pytestmark = pytest.mark.slow  # 200 s of plant time with every bus emulated and a real broker
+# 200 s of plant time with every bus emulated and a real broker; the run is the first test's setup: 45 s on an idle
+# 2-core machine, 75 s beside two busy processes (the default timeout of 120 s is a bound for a single test)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = """
