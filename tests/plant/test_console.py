@@ -107,7 +107,13 @@ def _run(args: list[str], tty: bool, tmp: Path, port: int,
             chunks.append(data)
         elif proc.poll() is not None:
             break
-    rc = proc.wait(30)
+    if proc.poll() is None:  # past the bound without the view we waited for: stop it (the test then says what)
+        proc.send_signal(signal.SIGINT)
+    try:
+        rc = proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait(30)
     os.close(master)
     assert proc.stderr is not None
     return rc, b"".join(chunks).decode(errors="replace"), proc.stderr.read().decode(errors="replace")
