@@ -169,7 +169,8 @@ class Uplink:
     def _make_format(self) -> "WireFormat":
         if self.mqtt.format == "sparkplug":
             from agent.sparkplug.node import SparkplugFormat
-            return SparkplugFormat(self)
+            return SparkplugFormat(self.config, self, state_dir=self.outbox.state_dir, boot_ns=self.boot_ns,
+                                   stats=self.stats)
         return JsonFormat(self)
 
     def status_payload(self, status: str) -> bytes:
