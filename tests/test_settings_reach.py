@@ -43,8 +43,6 @@ from tests.mqtt_helpers import Message, MosquittoBroker, Subscriber, free_port
 from tests.test_config_fuzz import to_toml
 from tests.test_uplink_security import _password_file, pki  # noqa: F401  (pki: a fixture, used by the TLS probes)
 
-pytestmark = pytest.mark.slow  # whole pipelines, real brokers
-
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = {"agent": AgentSection, "mqtt": MqttConfig, "sparkplug": SparkplugConfig, "commands": CommandsConfig,
             "outbox": OutboxConfig, "sensors": SensorConfig}
@@ -516,6 +514,7 @@ def pki_if_needed(request: pytest.FixtureRequest) -> Iterator[Path | None]:
                                                             "mqtt.tls_insecure")) else None
 
 
+@pytest.mark.slow  # whole pipelines, real brokers
 @pytest.mark.parametrize("key", schema_keys())
 def test_the_key_reaches_its_user(key: str, tmp_path: Path, pki_if_needed: Path | None,
                                   caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
