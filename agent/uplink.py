@@ -99,13 +99,12 @@ def paho_client(settings: MqttConfig, client_id: str) -> mqtt.Client:
 
 class Uplink:
     def __init__(self, config: Config, outbox: Outbox, stats: Stats | None = None, *,
-                 live_share: float | None = None, boot_ns: int | None = None,
-                 client_factory: ClientFactory = paho_client) -> None:
+                 boot_ns: int | None = None, client_factory: ClientFactory = paho_client) -> None:
         self.config = config
         self.mqtt = config.mqtt
         self.outbox = outbox
         self.stats = stats or Stats()
-        self.live_share = config.mqtt.live_share if live_share is None else live_share  # mqtt.live_share
+        self.live_share = config.mqtt.live_share
         self.boot_ns = boot_ns or now_ns()
         self.agent_id = config.agent.id
         self.prefix = self.mqtt.prefix
