@@ -53,7 +53,7 @@ part_arm64() {
     binfmt_setup
     local base run root port m pip t0
     base=$(extract_root "arm64-extract" arm64 "$ARM64_PKGS")
-    m=$(in_arm64 "$base" /usr/bin/uname -m 2>"$LOGDIR/arm64-uname.err" | tr -d "\r" || true)
+    m=$(in_arm64 "$base" /bin/uname -m 2>"$LOGDIR/arm64-uname.err" | tr -d "\r" || true)
     if [ "$m" != aarch64 ]; then
         echo "[lab] uname -m in the arm64 root printed '$m'; $(head -n 5 "$LOGDIR/arm64-uname.err")" >&2
         cat /proc/sys/fs/binfmt_misc/"$BINFMT_NAME" >&2 2>/dev/null || echo "[lab] no binfmt entry $BINFMT_NAME" >&2
