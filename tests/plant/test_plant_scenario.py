@@ -160,12 +160,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     config = parse(plant_config(port), "examples/plant.toml (test)")
     pipeline = Pipeline(config, tmp / "state", clock=clock, plant=plant)
     outages: list[tuple[bool, float]] = []
+    last_window_ns = [0]  # the start of the latest vibration window the outbox accepted
+
+    def accepted(emit: Any) -> None:
+        if emit.stream == "spindle_vibration":
+            last_window_ns[0] = max(last_window_ns[0], emit.ts_ns)
+    pipeline.outbox.add_observer(accepted)
 
     def broker_outage(down: bool) -> None:
         """Plant time stands still while this runs (the scenario's thread is awake): the uplink (real time) first
         publishes what was made before the outage, then sees the link go down, or come up again."""
         outages.append((down, plant.now()))
-        if down:
+        if down:  # processing runs beside plant time: first every window complete by now (1 s each) is accepted
+            now_ns = clock.time_ns()
+            assert wait(lambda: now_ns - last_window_ns[0] < 2e9, 60), (now_ns - last_window_ns[0]) / 1e9
             assert pipeline.outbox.flush(60)
             assert wait(lambda: pipeline.outbox.depth == 0, 60), pipeline.outbox.depth
             broker.stop()
