@@ -81,6 +81,10 @@ def plant_config(port: int) -> dict[str, Any]:
     raw["mqtt"] = {"url": f"mqtt://127.0.0.1:{port}", "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
                    "keepalive_s": 5}
     raw["outbox"] = {"commit_interval_ms": 50}
+    # a Modbus answer is waited for in real time (plant time stands still meanwhile): generous, so that a busy machine
+    # never turns a late answer into a bad reading; the silent meter costs its timeouts in wall time
+    raw["buses"]["meter"]["timeout_s"] = 3.0
+    raw["buses"]["rs485"]["timeout_s"] = 3.0
     sensors = {s["name"]: s for s in raw["sensors"]}
     sensors["spindle_vibration"].update(rate_hz=800, block_size=200, window=800, hop=800, watermark=8)
     sensors["motor"]["interval_s"] = 0.5
