@@ -13,14 +13,16 @@ A processor is plain, single-threaded code called by the pipeline's processing t
 is called about every 0.5 s with the wall clock; interval reports, heartbeats and state reports happen there.
 Processors of one pipeline share a `ValueBoard`, through which a stream sensor reads the shaft speed from a
 tachometer sensor. Numba is imported when the first stream processor is built, not when this module is: by
-`KERNELS`, on a thread of its own when the pipeline asks for it (`background=True`), so the rest of start-up runs
-while they load; the pipeline starts reading stream sensors when they are ready (see `agent.pipeline`). Windows
-that complete before they are ready wait in the processor (bounded) and are computed as soon as they are.
+`KERNELS`, on a thread of its own when the pipeline asks for it (`background=True`), so the stream sensors are
+read and the rest of start-up runs while they load (the first window needs its samples anyway). Windows that
+complete before they are ready wait in the processor (bounded) and are computed as soon as they are (`drain()`,
+which the pipeline calls from `KERNELS.on_done`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -66,6 +68,7 @@ class KernelLoader:
         self._analyzer_class: Any = None
         self.error: BaseException | None = None
         self.seconds: float | None = None
+        self._callbacks: list[Any] = []
 
     def start(self) -> None:
         with self._lock:
@@ -75,6 +78,12 @@ class KernelLoader:
 
     def _load(self) -> None:
         t0 = time.perf_counter()
+        # No garbage collection while Numba loads: its imports make ~140k objects, so the collector runs a few
+        # hundred times and its full passes hold the GIL for 30-120 ms each (a reader draining a 40 ms FIFO
+        # meanwhile loses samples), for ~1k objects of garbage. Afterwards the survivors are frozen (never scanned
+        # again): later full collections stay short too.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             from agent.signal.analyzer import Analyzer  # imports Numba
 
@@ -88,10 +97,29 @@ class KernelLoader:
             self.error = e
             log.error("loading the feature kernels failed: %s: %s", type(e).__name__, e)
         finally:
+            if collecting:
+                gc.freeze()
+                gc.enable()
             self.seconds = time.perf_counter() - t0
-            self.done.set()
+            with self._lock:
+                self.done.set()
+                callbacks, self._callbacks = self._callbacks, []
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # a callback's failure is its own; the kernels are loaded all the same
+                    log.exception("kernel-ready callback failed")
             if self.error is None:
                 log.info("feature kernels ready in %.2f s", self.seconds)
+
+    def on_done(self, callback: Any) -> None:
+        """Call `callback()` (from the loading thread) once the kernels are loaded or failed to load; at once when
+        they are already. The pipeline uses it to compute the windows that waited, without waiting for a tick."""
+        with self._lock:
+            if not self.done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
 
     def ready(self) -> bool:
         """The kernels are loaded, or loading failed (then `wait()` raises)."""
@@ -301,6 +329,10 @@ class StreamFeatures:
         for w in windows:
             out.extend(self._window(w, block.axes, block.unit))
         return out
+
+    def drain(self) -> list[Emit]:
+        """Compute the windows that waited for the kernels, once they are ready (nothing before)."""
+        return self._drain() if self._pending else []
 
     def _drain(self) -> list[Emit]:
         """Compute the windows that waited for the kernels, once they are ready."""
