@@ -90,9 +90,6 @@ class KernelLoader:
             # analyze_window has one signature whatever the settings: one call loads (or compiles) all of it
             Analyzer({}, 1000.0, 64).compute(np.zeros((64, 1)))
             self._analyzer_class = Analyzer
-            released = release_compiler_pages()
-            if released:
-                log.debug("paged out %.0f MB of the LLVM library (needed again only to compile)", released / 2**20)
         except BaseException as e:  # reported to every processor that waits on it
             self.error = e
             log.error("loading the feature kernels failed: %s: %s", type(e).__name__, e)
@@ -111,6 +108,10 @@ class KernelLoader:
                     log.exception("kernel-ready callback failed")
             if self.error is None:
                 log.info("feature kernels ready in %.2f s", self.seconds)
+        if self.error is None:  # after `done` (~0.2 s): the windows that waited need not wait for it too
+            released = release_compiler_pages()
+            if released:
+                log.debug("paged out %.0f MB of the LLVM library (needed again only to compile)", released / 2**20)
 
     def on_done(self, callback: Any) -> None:
         """Call `callback()` (from the loading thread) once the kernels are loaded or failed to load; at once when
