@@ -1,6 +1,9 @@
 """The pipeline: wires acquisition → processing → outbox → uplink, and owns start-up and shutdown order.
 
-Sinks start first and sources last; shutdown runs in reverse so queues drain: stop the readers, process what they
+Sinks start first and sources last, with one exception (`acquire_early`, what `edge-agent run` uses): stream
+sensors are read from the moment their driver is built, before anything else, because their first window needs a
+window's worth of samples whatever else is ready; their blocks wait in the bounded processing queue until
+processing starts with the rest. Shutdown runs in reverse so queues drain: stop the readers, process what they
 delivered, commit everything to the outbox, let the uplink publish what it can for a moment, close.
 
 Threads, not asyncio: one reader thread per sensor (hardware libraries block), one processing thread (feature
@@ -18,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,9 +32,11 @@ from agent.processing import KERNELS, Processor, ValueBoard, make_processor
 from agent.realtime import RealtimePolicy, promote_reader, restore_process, tune_process
 from agent.records import Emit
 from agent.stats import Stats
-from agent.uplink import Uplink
 from hal.sources import HalContext, open_source
 from hal.types import Block, Quality, Reading, now_ns
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger("edge_agent.pipeline")
 
@@ -223,7 +229,6 @@ class Pipeline:
         self.boot_ns = now_ns()
         _private_dir(state_dir)
         self.outbox = Outbox(state_dir, config.outbox, self.stats)
-        self.uplink = Uplink(config, self.outbox, self.stats, boot_ns=self.boot_ns)
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=1000)
         self._captures: list[CaptureRequest] = []
         self._captures_lock = threading.Lock()
@@ -231,8 +236,20 @@ class Pipeline:
         self._last_reload = -1e9
         self.reload_min_interval_s = RELOAD_MIN_INTERVAL_S
         self.commands = None
-        self._build_acquisition(config)
+        self._build_acquisition(config)  # with acquire_early, the stream sensors are read from here on
+        try:
+            from agent.uplink import Uplink  # paho and its imports (~0.1 s): after the stream sensors started
+
+            self.uplink = Uplink(config, self.outbox, self.stats, boot_ns=self.boot_ns)
+        except BaseException:
+            self._stop_early_readers()
+            raise
         self.started = threading.Event()
+
+    def _stop_early_readers(self) -> None:
+        """Stop the readers `acquire_early` started (construction failed after them)."""
+        self._stop_readers([r for r in self.readers if id(r) in self._running])
+        self._running.clear()
 
     def _build_acquisition(self, config: Config) -> None:
         """Drivers, readers and processors for `config` (constructed, not started). Raises on a driver error."""
@@ -506,6 +523,7 @@ class Pipeline:
             if new.mqtt != old_config.mqtt or new.agent.id != old_config.agent.id or \
                     new.commands != old_config.commands:
                 self.uplink.stop(drain_s=1.0)
+                from agent.uplink import Uplink
                 self.uplink = Uplink(new, self.outbox, self.stats, boot_ns=self.boot_ns)
                 if self.commands is not None:
                     self.commands.stop()
