@@ -23,6 +23,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.config import COMMANDS
 from agent.records import iso_ts
 from hal.options import describe_number, finite_problem
 from hal.types import now_ns
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from agent.pipeline import Pipeline
 
 audit = logging.getLogger("edge_agent.audit")
-KNOWN = ("ping", "capture", "set", "reload")
+KNOWN = COMMANDS  # the names commands.allow may list (agent.config declares the setting)
 
 
 class CommandError(Exception):

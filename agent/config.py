@@ -5,18 +5,25 @@ Every problem is reported at once, each naming the file, the key path and what w
 the agent refuses to start rather than guess. `--emulate` is applied here too: it swaps every bus for its
 emulated backend without editing the file.
 
-Owns: the schema of the agent's own sections (`agent`, `mqtt`, `outbox`, `buses`, `sensors`). Driver-specific
-sensor keys are validated by the driver's own schema in `hal` (every key of a `[[sensors]]` table that is not a
-generic key below is a driver option).
+Owns: the schema of the agent's own sections (`agent`, `mqtt`, `outbox`, `commands`, `sparkplug`, `buses`,
+`sensors`). Each key of those sections is declared once, as a field of the typed config it fills
+(`setting(default, doc, check=...)`): the `hal.options` schema that validates the file is generated from the fields
+(`options(MqttConfig)`), so a key cannot be validated and documented yet never reach the code, and no default is
+written twice. Whoever uses a setting takes the typed config object (`Outbox(state_dir, config.outbox)`,
+`Uplink(config, ...)`) and reads it there, without a default of its own. Driver-specific sensor keys are validated
+by the driver's own schema in `hal` (every key of a `[[sensors]]` table that is not a generic key below is a driver
+option).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -41,6 +48,100 @@ MAX_WINDOW_S = 86400.0  # a feature window within a day
 def _name_check(v: Any) -> str | None:
     return None if _NAME_RE.fullmatch(v) else (
         "expected a name of letters, digits, '_', '-' or '.' (no '/', '+', '#' or spaces), at most 64 characters")
+
+
+def _sparkplug_id(v: Any) -> str | None:
+    """An optional Sparkplug id: empty, or without the topic characters."""
+    return None if not v or not set(v) & set("/+#") else "expected an id without '/', '+' or '#'"
+
+
+def _prefix_check(v: Any) -> str | None:
+    return None if v and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/") else (
+        "expected a topic prefix without '+', '#' or leading/trailing '/'")
+
+
+def _allow_check(v: Any) -> str | None:
+    return None if all(x in COMMANDS for x in v) else f"expected a list of {', '.join(COMMANDS)}"
+
+
+def default_agent_id() -> str:
+    host = os.uname().nodename.split(".")[0] or "edge"
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", host)[:64]
+    return cleaned if _NAME_RE.fullmatch(cleaned) else "edge"
+
+
+# -- settings: each key of the agent's own sections is declared once, as the field of the typed config it fills ------
+
+_SETTING = "edge_agent.setting"  # the dataclasses.field metadata key
+
+
+@dataclass(frozen=True)
+class _Setting:
+    key: str | None  # the key in the file; None: the field's name
+    default: Any  # as written in the file; REQUIRED; or a callable giving it at load time
+    doc: str
+    check: Callable[[Any], Any] | None
+    choices: tuple[Any, ...] | None
+    convert: Callable[[Any], Any] | None  # the file's value -> the field's (a ValueError is the key's problem)
+    extra_keys: tuple[Option, ...]  # keys read with this one that have no field of their own
+
+
+def setting(default: Any, doc: str, *, check: Callable[[Any], Any] | None = None,
+            choices: tuple[Any, ...] | None = None, key: str | None = None,
+            convert: Callable[[Any], Any] | None = None, extra_keys: tuple[Option, ...] = (),
+            **field_options: Any) -> Any:
+    """A dataclass field that is also a config key: its default, doc and validation, declared once.
+
+    `default` is written as in the file (`REQUIRED`: the key must be given; a callable: computed at load time, as
+    the host name for `agent.id`); the field's own default is that value, converted. The key's type in the file
+    follows the field's annotation (`float` accepts integers too, a `tuple` is a TOML array, a `Mapping` a table),
+    or the default's type when `convert` makes the field from the file's value (`mqtt.url` -> `broker`).
+    `extra_keys` are read right after this key and have no field (`password_file` and `password_env` give
+    `password`); `parse` resolves them."""
+    meta = {_SETTING: _Setting(key, default, doc, check, choices, convert, tuple(extra_keys))}
+    if default is REQUIRED:
+        return field(metadata=meta, **field_options)
+    if callable(default):
+        return field(default_factory=lambda: convert(default()) if convert else default(), metadata=meta,
+                     **field_options)
+    value = convert(default) if convert else default
+    if isinstance(value, (list, dict)):
+        return field(default_factory=lambda: type(value)(value), metadata=meta, **field_options)
+    return field(default=value, metadata=meta, **field_options)
+
+
+def _settings(cls: type) -> list[tuple[str, _Setting, Any]]:
+    """(field name, setting, resolved annotation) of every field of `cls` that is a config key, in field order."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, f.metadata[_SETTING], hints[f.name]) for f in dataclasses.fields(cls) if _SETTING in f.metadata]
+
+
+def _file_type(hint: Any, s: _Setting) -> type | tuple[type, ...]:
+    if s.convert is not None:
+        return type(s.default)
+    origin = typing.get_origin(hint) or hint
+    if origin is float:
+        return (int, float)
+    if origin is tuple:
+        return list
+    if isinstance(origin, type) and issubclass(origin, Mapping):
+        return dict
+    return origin
+
+
+def options(cls: type) -> list[Option]:
+    """The schema of a config section, generated from its dataclass: one `hal.options.Option` per key."""
+    out = []
+    for name, s, hint in _settings(cls):
+        default = s.default() if callable(s.default) else s.default
+        out.append(Option(s.key or name, _file_type(hint, s), default, s.doc, s.check, s.choices))
+        out.extend(s.extra_keys)
+    return out
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """{key: default as written in the file} of a config section (REQUIRED keys left out)."""
+    return {o.name: o.default for o in options(cls) if not o.required}
 
 
 @dataclass(frozen=True)
@@ -80,79 +181,102 @@ class Broker:
 
 @dataclass(frozen=True)
 class AgentSection:
-    id: str
-    state_dir: Path | None
+    id: str = setting(default_agent_id, "the agent's id, used in every topic", check=_name_check)
+    state_dir: Path | None = setting("", "where the outbox lives",
+                                     convert=lambda s: Path(s).expanduser() if s else None)
 
 
 @dataclass(frozen=True)
 class MqttConfig:
-    broker: Broker
-    prefix: str = "edge"
-    client_id: str = ""
-    keepalive_s: int = 30
-    inflight: int = 64
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
-    connect_timeout_s: float = 10.0
-    protocol: str = "3.1.1"
-    username: str = ""
-    password: str = field(default="", repr=False)  # never logged: resolved from the config, a file or the env
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    tls_insecure: bool = False
-    batch: int = 1
-    live_share: float = 0.5
-    format: str = "json"
-    group: str = "none"  # "sensor": one message per sensor poll (README, "Wire format")
-    compress: str = "none"  # "deflate": zlib bodies of at least compress_min_bytes
-    compress_min_bytes: int = 128
+    broker: Broker = setting("mqtt://localhost:1883", "broker URL, mqtt://HOST:PORT", key="url",
+                             convert=Broker.parse)
+    prefix: str = setting("edge", "first topic level", check=_prefix_check)
+    client_id: str = setting("", "MQTT client id (default edge-agent-<id>)")
+    keepalive_s: int = setting(30, "MQTT keep-alive in seconds", check=in_range(5, 3600))
+    inflight: int = setting(64, "QoS 1 messages awaiting PUBACK at most", check=in_range(1, 65535))
+    reconnect_min_s: float = setting(0.5, "first reconnect delay", check=at_most(3600))
+    reconnect_max_s: float = setting(30.0, "reconnect delay cap", check=at_most(3600))
+    connect_timeout_s: float = setting(10.0, "TCP connect timeout", check=at_most(300))
+    protocol: str = setting("3.1.1", "MQTT protocol version", choices=("3.1.1", "5"))
+    username: str = setting("", "user name")
+    # never logged: resolved from the config, a file or the environment
+    password: str = setting("", "password (prefer password_file or password_env)", repr=False, extra_keys=(
+        Option("password_file", str, "", "file holding the password (first line)"),
+        Option("password_env", str, "", "environment variable holding the password")))
+    ca_file: str = setting("", "CA certificate(s) to verify the broker (PEM); enables TLS")
+    cert_file: str = setting("", "client certificate (PEM) for brokers that require one")
+    key_file: str = setting("", "client private key (PEM)")
+    tls_insecure: bool = setting(False, "skip the broker host name check (never in production)")
+    batch: int = setting(1, "records of one stream per message (1: no batching)", check=in_range(1, 1000))
+    live_share: float = setting(0.5, "share of the in-flight window kept for live data while a backlog drains",
+                                check=in_range(0.05, 1.0))
+    format: str = setting("json", "wire format", choices=("json", "sparkplug"))
+    group: str = setting("none", "\"sensor\": the readings of one sensor poll in one message (README, \"Wire "
+                         "format\")", choices=("none", "sensor"))
+    compress: str = setting("none", "\"deflate\": send data bodies as zlib streams", choices=("none", "deflate"))
+    compress_min_bytes: int = setting(128, "compress bodies of at least this many bytes", check=in_range(1, 1 << 24))
 
 
 @dataclass(frozen=True)
 class SparkplugConfig:
     """Sparkplug B 3.0 settings (used when mqtt.format = "sparkplug")."""
 
-    group_id: str = ""
-    edge_node_id: str = ""  # default: the agent id
-    primary_host_id: str = ""  # wait for this host's STATE before BIRTH; empty: no primary host
-    data_qos: int = 0  # the spec's QoS 0; 1 is an opt-in deviation (README, "Sparkplug B 3.0": durability)
+    group_id: str = setting("", "Sparkplug group id (required with mqtt.format = \"sparkplug\")",
+                            check=_sparkplug_id)
+    edge_node_id: str = setting("", "edge node id (default: the agent id)", check=_sparkplug_id)
+    primary_host_id: str = setting("", "primary host application id to wait for (empty: no primary host)",
+                                   check=_sparkplug_id)
+    # the spec's QoS 0; 1 is an opt-in deviation (README, "Sparkplug B 3.0": durability)
+    data_qos: int = setting(0, "QoS of BIRTH/DATA messages (0 as the spec says; 1: PUBACK per message)",
+                            choices=(0, 1))
+
+
+COMMANDS = ("ping", "capture", "set", "reload")  # every command agent.commands knows
 
 
 @dataclass(frozen=True)
 class CommandsConfig:
-    enabled: bool = False
-    allow: tuple[str, ...] = ("ping", "capture", "set", "reload")
-    max_bytes: int = 4096
-    capture_max_s: float = 10.0
+    enabled: bool = setting(False, "accept commands on <prefix>/<id>/cmd/<name>")
+    allow: tuple[str, ...] = setting(COMMANDS, "commands accepted", check=_allow_check)
+    max_bytes: int = setting(4096, "largest command body accepted", check=in_range(16, 1 << 20))
+    capture_max_s: float = setting(10.0, "longest raw capture a command may ask for", check=at_most(60))
 
 
 @dataclass(frozen=True)
 class OutboxConfig:
-    commit_interval_ms: int = 200
-    commit_max_records: int = 500
-    synchronous: str = "full"
-    max_mb: float = 256.0
-    policy: str = "drop_oldest"
-    max_age_h: float = 0.0  # 0: no age bound
-    min_free_mb: float = 4.0  # free-space floor on the state directory's file system (0: off)
+    commit_interval_ms: int = setting(200, "group-commit window", check=in_range(1, 60000))
+    commit_max_records: int = setting(500, "commit early after this many records", check=in_range(1, 1000000))
+    synchronous: str = setting("full", "SQLite synchronous mode", choices=("full", "normal", "extra", "off"))
+    max_mb: float = setting(256.0, "outbox size bound in MB", check=at_most(1_000_000))
+    max_age_h: float = setting(0.0, "drop records older than this many hours (0: keep until sent)",
+                               check=at_most(24 * 366 * 10, positive_only=False))
+    policy: str = setting("drop_oldest", "what to drop when the outbox is full", choices=("drop_oldest", "drop_newest"))
+    min_free_mb: float = setting(4.0, "keep this much of the file system free: below it the policy drops records "
+                                 "before SQLite runs out of space (0: off)", check=non_negative)
 
 
 @dataclass(frozen=True)
 class SensorConfig:
-    """One `[[sensors]]` entry. `options` are the driver's own keys, already validated by its schema."""
+    """One `[[sensors]]` entry: the generic keys below; `options` are the driver's own keys (every other key of the
+    table), already validated by its schema."""
 
-    name: str
-    driver: str
-    kind: str  # "slow" or "stream"
-    options: Mapping[str, Any]
-    bus: str | None = None
-    interval_s: float = 1.0
-    window: int = 4096
-    hop: int = 4096
-    features: Mapping[str, Any] = field(default_factory=dict)
+    name: str = setting(REQUIRED, "the sensor's name, used as its stream name", check=_name_check)
+    driver: str = setting(REQUIRED, "the driver, e.g. emulated.vibration")
+    kind: str  # "slow" or "stream": the driver's
+    options: Mapping[str, Any]  # the driver's own keys
+    bus: str | None = setting("", "the bus it is wired to (a [buses.NAME] table)", convert=lambda s: s or None)
+    interval_s: float = setting(1.0, "poll interval of a slow sensor", check=at_most(86400))
+    window: int = setting(4096, "samples per feature window of a stream sensor", check=in_range(8, 1 << 22))
+    hop: int = setting(0, "samples between window starts (default: the window, no overlap)", check=non_negative)
+    # `enabled` has no field: a disabled sensor is left out of the configuration
+    features: Mapping[str, Any] = setting({}, "feature settings", extra_keys=(
+        Option("enabled", bool, True, "false skips the sensor"),))
     path: str = ""  # key path in the file, for messages at run time (`sensors[1]`)
-    device: str = ""  # Sparkplug device id (empty: the sensor name)
+    device: str = setting("", "Sparkplug device id (default: the sensor name)", check=_sparkplug_id)
+
+    def __post_init__(self) -> None:
+        if not self.hop:  # 0: one window after the other, no overlap
+            object.__setattr__(self, "hop", self.window)
 
 
 @dataclass(frozen=True)
@@ -185,89 +309,12 @@ class Config:
         return lines
 
 
-_AGENT_OPTIONS = [
-    Option("id", str, REQUIRED, "the agent's id, used in every topic", _name_check),
-    Option("state_dir", str, "", "where the outbox lives"),
-]
-_MQTT_OPTIONS = [
-    Option("url", str, "mqtt://localhost:1883", "broker URL, mqtt://HOST:PORT"),
-    Option("prefix", str, "edge", "first topic level",
-           lambda v: None if v and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/")
-           else "expected a topic prefix without '+', '#' or leading/trailing '/'"),
-    Option("client_id", str, "", "MQTT client id (default edge-agent-<id>)"),
-    Option("keepalive_s", int, 30, "MQTT keep-alive in seconds", in_range(5, 3600)),
-    Option("inflight", int, 64, "QoS 1 messages awaiting PUBACK at most", in_range(1, 65535)),
-    Option("reconnect_min_s", (int, float), 0.5, "first reconnect delay", at_most(3600)),
-    Option("reconnect_max_s", (int, float), 30.0, "reconnect delay cap", at_most(3600)),
-    Option("connect_timeout_s", (int, float), 10.0, "TCP connect timeout", at_most(300)),
-    Option("protocol", str, "3.1.1", "MQTT protocol version", choices=("3.1.1", "5")),
-    Option("username", str, "", "user name"),
-    Option("password", str, "", "password (prefer password_file or password_env)"),
-    Option("password_file", str, "", "file holding the password (first line)"),
-    Option("password_env", str, "", "environment variable holding the password"),
-    Option("ca_file", str, "", "CA certificate(s) to verify the broker (PEM); enables TLS"),
-    Option("cert_file", str, "", "client certificate (PEM) for brokers that require one"),
-    Option("key_file", str, "", "client private key (PEM)"),
-    Option("tls_insecure", bool, False, "skip the broker host name check (never in production)"),
-    Option("batch", int, 1, "records of one stream per message (1: no batching)", in_range(1, 1000)),
-    Option("live_share", (int, float), 0.5, "share of the in-flight window kept for live data while a backlog "
-           "drains", in_range(0.05, 1.0)),
-    Option("format", str, "json", "wire format", choices=("json", "sparkplug")),
-    Option("group", str, "none", "\"sensor\": the readings of one sensor poll in one message",
-           choices=("none", "sensor")),
-    Option("compress", str, "none", "\"deflate\": send data bodies as zlib streams", choices=("none", "deflate")),
-    Option("compress_min_bytes", int, 128, "compress bodies of at least this many bytes", in_range(1, 1 << 24)),
-]
-_SPARKPLUG_ID = (lambda v: None if v and not set(v) & set("/+#") else
-                 "expected an id without '/', '+' or '#'")
-_SPARKPLUG_OPTIONS = [
-    Option("group_id", str, "", "Sparkplug group id (required with mqtt.format = \"sparkplug\")",
-           lambda v: None if not v else _SPARKPLUG_ID(v)),
-    Option("edge_node_id", str, "", "edge node id (default: the agent id)",
-           lambda v: None if not v else _SPARKPLUG_ID(v)),
-    Option("primary_host_id", str, "", "primary host application id to wait for",
-           lambda v: None if not v else _SPARKPLUG_ID(v)),
-    Option("data_qos", int, 0, "QoS of BIRTH/DATA messages (0 as the spec says; 1: PUBACK per message)",
-           choices=(0, 1)),
-]
-_COMMANDS_OPTIONS = [
-    Option("enabled", bool, False, "accept commands on <prefix>/<id>/cmd/<name>"),
-    Option("allow", list, ["ping", "capture", "set", "reload"], "commands accepted",
-           lambda v: None if all(x in ("ping", "capture", "set", "reload") for x in v)
-           else "expected a list of ping, capture, set, reload"),
-    Option("max_bytes", int, 4096, "largest command body accepted", in_range(16, 1 << 20)),
-    Option("capture_max_s", (int, float), 10.0, "longest raw capture a command may ask for",
-           at_most(60)),
-]
-_OUTBOX_OPTIONS = [
-    Option("commit_interval_ms", int, 200, "group-commit window", in_range(1, 60000)),
-    Option("commit_max_records", int, 500, "commit early after this many records", in_range(1, 1000000)),
-    Option("synchronous", str, "full", "SQLite synchronous mode", choices=("full", "normal", "extra", "off")),
-    Option("max_mb", (int, float), 256.0, "outbox size bound in MB", at_most(1_000_000)),
-    Option("max_age_h", (int, float), 0.0, "drop records older than this many hours (0: keep until sent)",
-           at_most(24 * 366 * 10, positive_only=False)),
-    Option("policy", str, "drop_oldest", "what to drop when the outbox is full",
-           choices=("drop_oldest", "drop_newest")),
-    Option("min_free_mb", (int, float), 4.0, "keep this much of the file system free: below it the policy drops "
-           "records before SQLite runs out of space (0: off)", non_negative),
-]
-_SENSOR_GENERIC = [
-    Option("name", str, REQUIRED, "the sensor's name, used as its stream name", _name_check),
-    Option("driver", str, REQUIRED, "the driver, e.g. emulated.vibration"),
-    Option("bus", str, "", "the bus it is wired to (a [buses.NAME] table)"),
-    Option("interval_s", (int, float), 1.0, "poll interval of a slow sensor", at_most(86400)),
-    Option("window", int, 4096, "samples per feature window of a stream sensor", in_range(8, 1 << 22)),
-    Option("hop", int, 0, "samples between window starts (default: the window, no overlap)", non_negative),
-    Option("features", dict, {}, "feature settings"),
-    Option("enabled", bool, True, "false skips the sensor"),
-    Option("device", str, "", "Sparkplug device id (default: the sensor name)",
-           lambda v: None if not v else _SPARKPLUG_ID(v)),
-]
 _BUS_OPTIONS_GENERIC = [
     Option("type", str, REQUIRED, "the bus type", choices=("gpio", "i2c", "serial", "modbus_tcp", "modbus_rtu")),
     Option("backend", str, "real", "real hardware or its emulated backend", choices=("real", "emulated")),
 ]
-_SENSOR_GENERIC_KEYS = {o.name for o in _SENSOR_GENERIC}
+_SENSOR_DEFAULTS = defaults(SensorConfig)
+_SENSOR_GENERIC_KEYS = {o.name for o in options(SensorConfig)}
 _TOP_LEVEL = {"agent", "mqtt", "outbox", "buses", "sensors", "commands", "sparkplug"}
 
 
@@ -292,10 +339,42 @@ def _table(raw: Mapping[str, Any], key: str, problems: _Problems) -> Mapping[str
     return value
 
 
-def default_agent_id() -> str:
-    host = os.uname().nodename.split(".")[0] or "edge"
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", host)[:64]
-    return cleaned if _NAME_RE.fullmatch(cleaned) else "edge"
+def _read(cls: type, table: Mapping[str, Any], section: str, problems: _Problems) -> dict[str, Any]:
+    """The keys of a section checked against the schema of `cls` (every problem reported with its key path), then
+    converted to the fields they fill (`url` -> `broker`; a conversion's ValueError is the key's problem). Returns
+    the values by key, and by field name where a conversion gave a field of another name or value."""
+    values, errs = parse_options(options(cls), table)
+    problems.extend(section, errs)
+    for name, s, _ in _settings(cls):
+        key = s.key or name
+        if s.convert is not None and key in values:
+            try:
+                converted = s.convert(values[key])
+            except ValueError as e:
+                problems.add(f"{section}.{key}" if section else key, str(e))
+                continue
+            if name == key:
+                values[key] = converted
+            else:
+                values[name] = converted
+    return values
+
+
+def _build(cls: type, values: Mapping[str, Any], **given: Any) -> Any:
+    """`cls` from what `_read` returned: each setting from its value (floats as floats, arrays as tuples), the
+    other fields from `given`."""
+    kwargs = dict(given)
+    for name, s, hint in _settings(cls):
+        if name in kwargs:
+            continue
+        value = values[name] if name in values else values[s.key or name]
+        origin = typing.get_origin(hint) or hint
+        if origin is float and isinstance(value, int):
+            value = float(value)
+        elif origin is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
 
 
 def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest: str = "") -> Config:
@@ -305,19 +384,9 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
         if key not in _TOP_LEVEL:
             problems.add(key, f"unknown section (known: {', '.join(sorted(_TOP_LEVEL))})")
 
-    agent_schema = [o if o.name != "id" else Option("id", str, default_agent_id(), o.doc, o.check)
-                    for o in _AGENT_OPTIONS]
-    agent_v, errs = parse_options(agent_schema, _table(raw, "agent", problems))
-    problems.extend("agent", errs)
+    agent_v = _read(AgentSection, _table(raw, "agent", problems), "agent", problems)
 
-    mqtt_v, errs = parse_options(_MQTT_OPTIONS, _table(raw, "mqtt", problems))
-    problems.extend("mqtt", errs)
-    broker = Broker("localhost", 1883)
-    if "url" in mqtt_v:
-        try:
-            broker = Broker.parse(mqtt_v["url"])
-        except ValueError as e:
-            problems.add("mqtt.url", str(e))
+    mqtt_v = _read(MqttConfig, _table(raw, "mqtt", problems), "mqtt", problems)
     if mqtt_v.get("reconnect_min_s", 0) > mqtt_v.get("reconnect_max_s", 1e9):
         problems.add("mqtt.reconnect_min_s", "expected a value not above mqtt.reconnect_max_s")
     _resolve_secrets(mqtt_v, problems)
@@ -327,15 +396,16 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
     if bool(mqtt_v.get("cert_file")) != bool(mqtt_v.get("key_file")):
         problems.add("mqtt.cert_file" if not mqtt_v.get("cert_file") else "mqtt.key_file",
                      "expected cert_file and key_file together (a client certificate needs its key)")
-    if (mqtt_v.get("ca_file") or mqtt_v.get("cert_file")) and not broker.tls:
+    broker = mqtt_v.get("broker")
+    if (mqtt_v.get("ca_file") or mqtt_v.get("cert_file")) and broker is not None and not broker.tls:
         # a CA or client certificate means TLS; without an explicit port, MQTT over TLS listens on 8883
-        broker = Broker(broker.host, broker.port if _has_port(mqtt_v.get("url", "")) else 8883, True)
+        mqtt_v["broker"] = Broker(broker.host, broker.port if _has_port(mqtt_v["url"]) else 8883, True)
 
-    commands_v, errs = parse_options(_COMMANDS_OPTIONS, _table(raw, "commands", problems))
-    problems.extend("commands", errs)
-    sparkplug_v, errs = parse_options(_SPARKPLUG_OPTIONS, _table(raw, "sparkplug", problems))
-    problems.extend("sparkplug", errs)
-    if mqtt_v.get("format") == "sparkplug" and not errs and not sparkplug_v.get("group_id"):
+    commands_v = _read(CommandsConfig, _table(raw, "commands", problems), "commands", problems)
+    table = _table(raw, "sparkplug", problems)
+    before = len(problems.items)
+    sparkplug_v = _read(SparkplugConfig, table, "sparkplug", problems)
+    if mqtt_v.get("format") == "sparkplug" and len(problems.items) == before and not sparkplug_v.get("group_id"):
         problems.add("sparkplug.group_id", "missing: expected a group id when mqtt.format = \"sparkplug\"")
     if mqtt_v.get("format") == "sparkplug":
         for key in ("group", "compress"):
@@ -343,8 +413,7 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
                 problems.add(f"mqtt.{key}", f"expected \"none\" with mqtt.format = \"sparkplug\" (Sparkplug B has "
                              f"its own encoding), found {mqtt_v[key]!r}")
 
-    outbox_v, errs = parse_options(_OUTBOX_OPTIONS, _table(raw, "outbox", problems))
-    problems.extend("outbox", errs)
+    outbox_v = _read(OutboxConfig, _table(raw, "outbox", problems), "outbox", problems)
 
     buses: dict[str, dict[str, Any]] = {}
     for bus_name, bus_raw in _table(raw, "buses", problems).items():
@@ -381,8 +450,9 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
             continue
         generic = {k: v for k, v in s.items() if k in _SENSOR_GENERIC_KEYS}
         driver_opts = {k: v for k, v in s.items() if k not in _SENSOR_GENERIC_KEYS}
-        g, errs = parse_options(_SENSOR_GENERIC, generic)
-        problems.extend(path, errs)
+        before = len(problems.items)
+        g = _read(SensorConfig, generic, path, problems)
+        generic_ok = len(problems.items) == before
         if not g.get("enabled", True):
             continue
         name, driver = g.get("name"), g.get("driver")
@@ -408,8 +478,8 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
         kind = getattr(cls, "kind", "slow")
         _, feature_errs = validate_features(kind, g.get("features", {}))
         problems.extend(f"{path}.features", feature_errs)
-        window = g.get("window", 4096)
-        hop = g.get("hop", 0) or window
+        window = g.get("window", _SENSOR_DEFAULTS["window"])  # checked on its own above
+        hop = g.get("hop") or window
         if kind == "stream" and hop > window * 64:
             problems.add(f"{path}.hop", f"expected at most 64 windows ({window * 64}), got {hop}")
         rate = values.get("rate_hz") if not errs else None
@@ -424,23 +494,18 @@ def parse(raw: Mapping[str, Any], source: str, *, emulate: bool = False, digest:
                 problems.add(f"{path}.window",
                              f"expected a window that fills within {MAX_WINDOW_S:g} s at {rate:g} Hz "
                              f"(at most {int(rate * MAX_WINDOW_S)} samples), got {window}")
-        if name and driver and not errs:
-            sensors.append(SensorConfig(name=name, driver=driver, kind=kind, options=values, bus=g.get("bus") or None,
-                                        interval_s=float(g.get("interval_s", 1.0)), window=window, hop=hop,
-                                        features=g.get("features", {}), path=path, device=g.get("device", "")))
+        if generic_ok and not errs:
+            sensors.append(_build(SensorConfig, g, kind=kind, options=values, path=path))
 
     if problems.items:
         raise ConfigError(problems.items)
-    state_dir = agent_v.get("state_dir") or ""
     return Config(
         source=source,
-        agent=AgentSection(id=agent_v["id"], state_dir=Path(state_dir).expanduser() if state_dir else None),
-        mqtt=MqttConfig(broker=broker, **{k: v for k, v in mqtt_v.items()
-                                           if k not in ("url", "password_file", "password_env")}),
-        outbox=OutboxConfig(**outbox_v),
-        sparkplug=SparkplugConfig(**sparkplug_v),
-        commands=CommandsConfig(enabled=commands_v["enabled"], allow=tuple(commands_v["allow"]),
-                                max_bytes=commands_v["max_bytes"], capture_max_s=float(commands_v["capture_max_s"])),
+        agent=_build(AgentSection, agent_v),
+        mqtt=_build(MqttConfig, mqtt_v),
+        outbox=_build(OutboxConfig, outbox_v),
+        sparkplug=_build(SparkplugConfig, sparkplug_v),
+        commands=_build(CommandsConfig, commands_v),
         buses=buses,
         sensors=tuple(sensors),
         emulate=emulate,

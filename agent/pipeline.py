@@ -616,6 +616,3 @@ class Pipeline:
         log.log(logging.WARNING if self.outbox.lost_total else logging.INFO, "stopped in %.1f s: %s",
                 time.monotonic() - t0, text)
 
-
-# The pipeline's earlier name, for code written against it (tests, branches in flight); new code says Pipeline.
-Agent = Pipeline

@@ -9,6 +9,11 @@ has read the record by then). paho keeps unacknowledged QoS 1 messages across a
 reconnect and re-sends them with DUP set, so duplicates are bounded by the in-flight window; after a restart
 everything still in the outbox is sent again.
 
+The paho client comes from a factory (`client_factory`, default `paho_client`: the real one); the uplink only uses
+the calls listed in `MqttClient`, and paho's callbacks (VERSION2 signatures) drive its state machine. The tests of
+that state machine (tests/test_uplink_state.py) pass a small recording stand-in and fire the callbacks themselves;
+every other uplink test talks to a real Mosquitto broker. `run_once` is one turn of the thread's loop.
+
 Connection: capped exponential back-off with jitter; a broker that is down is reported once per outage, not per
 attempt. A link loss is detected by paho's keep-alive (within two intervals). Each CONNACK publishes the retained
 birth on `<prefix>/<agent>/status`; the Last Will sets it to `offline`, and so does a clean stop.
@@ -42,7 +47,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent import __version__
-from agent.config import Config
+from agent.config import Config, MqttConfig
 from agent.outbox import Outbox, OutboxReader
 from agent.records import CONTENT_TYPE_DEFLATE, Record, deflate, encode, encode_grouped, groupable, iso_ts
 from agent.stats import Stats
@@ -51,14 +56,55 @@ from hal.types import now_ns
 log = logging.getLogger("edge_agent.uplink")
 
 
+class MqttClient(Protocol):
+    """What the uplink uses of paho's `mqtt.Client` (2.x, CallbackAPIVersion.VERSION2). Its callbacks
+    (`on_connect`, `on_disconnect`, `on_publish`, `on_unsubscribe`, `on_message`, `on_subscribe`, and
+    `on_socket_open` set by Sparkplug) are assigned by the uplink and called from `loop()`."""
+
+    def connect(self, host: str, port: int = ..., keepalive: int = ...) -> Any: ...
+    def reconnect(self) -> Any: ...
+    def loop(self, timeout: float = ...) -> MQTTErrorCode: ...
+    def socket(self) -> Any: ...
+    def disconnect(self) -> Any: ...
+    def publish(self, topic: str, payload: bytes = ..., qos: int = ..., retain: bool = ...,
+                properties: Any = ...) -> mqtt.MQTTMessageInfo: ...
+    def subscribe(self, topic: Any, qos: int = ...) -> tuple[MQTTErrorCode, int | None]: ...
+    def unsubscribe(self, topic: str) -> tuple[MQTTErrorCode, int | None]: ...
+    def will_set(self, topic: str, payload: bytes = ..., qos: int = ..., retain: bool = ...) -> None: ...
+
+
+ClientFactory = Callable[[MqttConfig, str], MqttClient]
+
+
+def paho_client(settings: MqttConfig, client_id: str) -> mqtt.Client:
+    """The real client: protocol version, in-flight window, no queue beyond it, connect timeout, TLS and
+    credentials from the `mqtt` settings. The uplink assigns the callbacks."""
+    if settings.protocol == "5":
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    else:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+                        protocol=mqtt.MQTTv311)
+    c.max_inflight_messages_set(settings.inflight)
+    c.max_queued_messages_set(0)
+    c.connect_timeout = settings.connect_timeout_s
+    if settings.broker.tls:
+        c.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
+                  keyfile=settings.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+        if settings.tls_insecure:
+            c.tls_insecure_set(True)
+    if settings.username:
+        c.username_pw_set(settings.username, settings.password or None)
+    return c
+
+
 class Uplink:
     def __init__(self, config: Config, outbox: Outbox, stats: Stats | None = None, *,
-                 live_share: float | None = None, boot_ns: int | None = None) -> None:
+                 boot_ns: int | None = None, client_factory: ClientFactory = paho_client) -> None:
         self.config = config
         self.mqtt = config.mqtt
         self.outbox = outbox
         self.stats = stats or Stats()
-        self.live_share = config.mqtt.live_share if live_share is None else live_share  # mqtt.live_share
+        self.live_share = config.mqtt.live_share
         self.boot_ns = boot_ns or now_ns()
         self.agent_id = config.agent.id
         self.prefix = self.mqtt.prefix
@@ -66,6 +112,7 @@ class Uplink:
         self._ready = False  # a session is up and the wire format allows data (JSON: at CONNACK)
         self._reconnect_requested = False
         self._reconnect_after: mqtt.MQTTMessageInfo | None = None
+        self._client_factory = client_factory
         self.format: WireFormat = self._make_format()
         self._client = self._make_client()
         self._thread: threading.Thread | None = None
@@ -92,6 +139,7 @@ class Uplink:
         self.confirm_topic = getattr(self.format, "confirm_topic", "") or f"{self.prefix}/{self.agent_id}/confirm"
         self._sent_at: dict[int, float] = {}  # mid -> monotonic publish time, for the PUBACK latency
         self._session_up = False
+        self._connacked = False  # a CONNACK accepted the current socket (paho's loop() may end the session too)
         self._sock_open = False
         self._cursor = 0  # highest record id handed to paho on the live path
         self._backlog_cursor = 0
@@ -99,30 +147,16 @@ class Uplink:
         self._cursor_behind = True  # the last fetch filled the window: more records may be waiting
         self._down_reported = False
         self._last_error = ""
+        self._first_connect = True  # connect() the first time (and with a fresh client), reconnect() after
+        self.retry_delay_s = self.mqtt.reconnect_min_s  # the next back-off: doubles per failure up to the cap
         self.group = self.mqtt.group == "sensor"
         self._set_sensors(config)
         self._fetch_factor = 16 if self.group else 1  # a poll is ~one record per channel: fetch whole polls
 
     # -- paho ------------------------------------------------------------------------------------------------
 
-    def _make_client(self) -> mqtt.Client:
-        client_id = self.mqtt.client_id or f"edge-agent-{self.agent_id}"
-        v5 = self.mqtt.protocol == "5"
-        if v5:
-            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        else:
-            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                            protocol=mqtt.MQTTv311)
-        c.max_inflight_messages_set(self.mqtt.inflight)
-        c.max_queued_messages_set(0)
-        c.connect_timeout = self.mqtt.connect_timeout_s
-        if self.mqtt.broker.tls:
-            c.tls_set(ca_certs=self.mqtt.ca_file or None, certfile=self.mqtt.cert_file or None,
-                      keyfile=self.mqtt.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
-            if self.mqtt.tls_insecure:
-                c.tls_insecure_set(True)
-        if self.mqtt.username:
-            c.username_pw_set(self.mqtt.username, self.mqtt.password or None)
+    def _make_client(self) -> MqttClient:
+        c = self._client_factory(self.mqtt, self.mqtt.client_id or f"edge-agent-{self.agent_id}")
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -134,7 +168,8 @@ class Uplink:
     def _make_format(self) -> "WireFormat":
         if self.mqtt.format == "sparkplug":
             from agent.sparkplug.node import SparkplugFormat
-            return SparkplugFormat(self)
+            return SparkplugFormat(self.config, self, state_dir=self.outbox.state_dir, boot_ns=self.boot_ns,
+                                   stats=self.stats)
         return JsonFormat(self)
 
     def status_payload(self, status: str) -> bytes:
@@ -153,6 +188,7 @@ class Uplink:
                 self._down_reported = True
             return
         self._session_up = True
+        self._connacked = True
         self._last_error = ""
         self.stats.set("link", "up")
         self.stats.inc("uplink_connects")
@@ -262,11 +298,14 @@ class Uplink:
 
     # -- life cycle -------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, thread: bool = True) -> None:
+        """Open the outbox reader and start the uplink thread; with `thread=False` the caller turns the loop
+        itself with `run_once()` (the state-machine tests, with a stand-in client)."""
         self._reader = self.outbox.reader()
         self.stats.set("link", "down")
-        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
-        self._thread.start()
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+            self._thread.start()
 
     def stop(self, drain_s: float = 3.0) -> None:
         """Publish what is committed for up to `drain_s` (if connected), mark offline, disconnect."""
@@ -322,6 +361,7 @@ class Uplink:
             self._rewind()
             self._client = self._make_client()
             first = True
+        self._connacked = False
         self.format.before_connect(self._client)
         if self.mqtt.broker.tls and self.mqtt.tls_insecure:  # at every connect, so it cannot go unnoticed
             log.warning("mqtt.tls_insecure = true: connecting to %s:%d WITHOUT checking the broker's host name "
@@ -351,63 +391,69 @@ class Uplink:
         self._cursor_behind = True
 
     def _run(self) -> None:
-        delay = self.mqtt.reconnect_min_s
-        first = True
-        while True:
-            self.stats.progress("uplink")
-            if self._draining_done():
-                break
-            if not self._sock_open:
-                try:
-                    self._connect_once(first)
-                    first = False
-                    self._sock_open = True
-                except (OSError, socket.timeout, ssl.SSLError, ValueError) as e:
-                    self.stats.inc("uplink_connect_failures")
-                    self._last_error = self._explain(e)
-                    if not self._down_reported:
-                        log.warning("cannot reach the broker at %s: %s; buffering to the outbox at %s, retrying with "
-                                    "back-off up to %g s", self.mqtt.broker.url, self._last_error, self.outbox.path,
-                                    self.mqtt.reconnect_max_s)
-                        self._down_reported = True
-                    if self._drain_deadline is not None:
-                        break
-                    delay = self._backoff(delay)
-                    continue
-            rc = self._client.loop(timeout=0.05)
-            self._handle_acks()
-            if self._reconnect_requested:
-                self._disconnect_cleanly()
-                continue
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._sock_open = False
-                if not self._session_up and not self._last_error.startswith("broker refused"):
-                    # closed before a CONNACK: a TLS alert (client certificate required or refused), a listener
-                    # that is not MQTT, or a broker going down mid-handshake
-                    self.stats.inc("uplink_connect_failures")
-                    self._last_error = (f"the broker closed the connection before accepting it "
-                                        f"({mqtt.error_string(rc)})"
-                                        + ("; with TLS, check mqtt.cert_file and mqtt.key_file: the broker may "
-                                           "require a client certificate" if self.mqtt.broker.tls else ""))
-                    if not self._down_reported:
-                        log.warning("cannot connect to %s: %s; buffering to the outbox and retrying",
-                                    self.mqtt.broker.url, self._last_error)
-                        self._down_reported = True
-                if self._session_up:
-                    self._on_disconnect(self._client, None, None, mqtt.error_string(rc), None)
-                self._session_up = False
-                if self._drain_deadline is not None:
-                    break
-                delay = self._backoff(delay)
-                continue
-            if self._session_up:
-                delay = self.mqtt.reconnect_min_s
-                while self._responses:
-                    self._client.publish(self.response_topic, self._responses.popleft(), qos=1)
-                self.format.tick(self._client)
-                if self._ready:
-                    self._pump()
+        while self.run_once():
+            pass
         self._finish()
+
+    def run_once(self) -> bool:
+        """One turn of the uplink thread's loop: connect if the socket is closed (waiting out the back-off after a
+        failure), let the client read and write (`loop`, which calls the callbacks), handle PUBACKs, then publish
+        what the window has room for. False once a stop has drained (the thread then finishes)."""
+        self.stats.progress("uplink")
+        if self._draining_done():
+            return False
+        if not self._sock_open:
+            try:
+                self._connect_once(self._first_connect)
+                self._first_connect = False
+                self._sock_open = True
+            except (OSError, socket.timeout, ssl.SSLError, ValueError) as e:
+                self.stats.inc("uplink_connect_failures")
+                self._last_error = self._explain(e)
+                if not self._down_reported:
+                    log.warning("cannot reach the broker at %s: %s; buffering to the outbox at %s, retrying with "
+                                "back-off up to %g s", self.mqtt.broker.url, self._last_error, self.outbox.path,
+                                self.mqtt.reconnect_max_s)
+                    self._down_reported = True
+                if self._drain_deadline is not None:
+                    return False
+                self.retry_delay_s = self._backoff(self.retry_delay_s)
+                return True
+        rc = self._client.loop(timeout=0.05)
+        self._handle_acks()
+        if self._reconnect_requested:
+            self._disconnect_cleanly()
+            return True
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._sock_open = False
+            if not self._connacked and not self._last_error.startswith("broker refused"):
+                # closed before a CONNACK: a TLS alert (client certificate required or refused), a listener that
+                # is not MQTT, or a broker going down mid-handshake (a link lost after a CONNACK is not one of
+                # these: paho's loop() has already called _on_disconnect, which reported it)
+                self.stats.inc("uplink_connect_failures")
+                self._last_error = (f"the broker closed the connection before accepting it "
+                                    f"({mqtt.error_string(rc)})"
+                                    + ("; with TLS, check mqtt.cert_file and mqtt.key_file: the broker may "
+                                       "require a client certificate" if self.mqtt.broker.tls else ""))
+                if not self._down_reported:
+                    log.warning("cannot connect to %s: %s; buffering to the outbox and retrying",
+                                self.mqtt.broker.url, self._last_error)
+                    self._down_reported = True
+            if self._session_up:
+                self._on_disconnect(self._client, None, None, mqtt.error_string(rc), None)
+            self._session_up = False
+            if self._drain_deadline is not None:
+                return False
+            self.retry_delay_s = self._backoff(self.retry_delay_s)
+            return True
+        if self._session_up:
+            self.retry_delay_s = self.mqtt.reconnect_min_s
+            while self._responses:
+                self._client.publish(self.response_topic, self._responses.popleft(), qos=1)
+            self.format.tick(self._client)
+            if self._ready:
+                self._pump()
+        return True
 
     def _finish(self) -> None:
         if self._session_up:

@@ -109,13 +109,13 @@ def load_config(path: Path, port: int, rate: int | None, watermark: int | None =
 def run_once(config_path: Path, policy: str, load: str, duration: float, rate: int | None, port: int,
              tmp: Path, watermark: int | None = None, load_nice: int = 0) -> list[dict[str, Any]]:
     from agent.config import parse
-    from agent.pipeline import Agent
+    from agent.pipeline import Pipeline
 
     config = parse(load_config(config_path, port, rate, watermark), f"{config_path} (bench)")
     state = Path(tempfile.mkdtemp(dir=tmp, prefix="state-"))
     procs = start_load(load, tmp, load_nice)
     load0 = os.getloadavg()[0]
-    agent = Agent(config, state, realtime=POLICIES[policy])
+    agent = Pipeline(config, state, realtime=POLICIES[policy])
     try:
         agent.start()
         time.sleep(duration)

@@ -115,13 +115,13 @@ def bench_drain(d: Path, n: int, batch: int = 1) -> float:
 
 
 def bench_backlog_with_live(d: Path, n: int) -> tuple[float, int, int]:
-    from agent.pipeline import Agent
+    from agent.pipeline import Pipeline
 
     port = free_port()
     broker = MosquittoBroker(d, port).start()
     state = d / "backlog"
     prefill(state, n)
-    agent = Agent(small_config(port), state)
+    agent = Pipeline(small_config(port), state)
     t0 = time.perf_counter()
     agent.start()
     wait(lambda: agent.stats.get("uplink_published_historical") >= n, 900, 0.02)

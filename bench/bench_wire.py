@@ -1,6 +1,6 @@
 """Bytes on the wire per value: 10 float32 Modbus registers polled every second, published four ways.
 
-The agent runs in this process (`agent.pipeline.Agent`: Modbus driver, processing, SQLite outbox, uplink) and
+The agent runs in this process (`agent.pipeline.Pipeline`: Modbus driver, processing, SQLite outbox, uplink) and
 reads a Modbus TCP slave over the loopback (`hal.emulated.modbus.EmulatedModbusServer`, a pymodbus server on a free
 port, used as a *real* bus) whose registers this script moves every 0.25 s (a random walk, 7 significant digits as a
 float32 carries). A subscriber on a local Mosquitto counts every message of the sensor's streams.
@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import parse  # noqa: E402
-from agent.pipeline import Agent  # noqa: E402
+from agent.pipeline import Pipeline  # noqa: E402
 from hal.emulated.modbus import EmulatedModbusServer  # noqa: E402
 from hal.modbus.registermap import RegisterMap, parse_registers  # noqa: E402
 from tests.mqtt_helpers import Message, MosquittoBroker, Subscriber  # noqa: E402
@@ -126,7 +126,7 @@ def run_mode(broker: MosquittoBroker, slave: Slave, set_name: str, mode: str, po
     }
     cfg = parse(raw, "<bench>")
     sub = Subscriber(broker.port, "edge/press-7/+/+", client_id=f"bench-wire-{n}")
-    agent = Agent(cfg, work / f"state-{n}")
+    agent = Pipeline(cfg, work / f"state-{n}")
     agent.start()
     want = polls * len(slave.registers)
 

@@ -11,8 +11,11 @@ the bus object the drivers share (`HalContext.shared` under `"<kind>:<bus name>"
 `prepare(driver)`, called by a driver once it knows its address and options: a real bus does nothing, an emulated
 one places and wires the device the driver expects (`hal.emulated.drivers`, keyed by driver).
 
-Three rows are not buses: the emulated plant (`("plant", "emulated")`, called as `Plant(clock=...)`), the sensor
-node's firmware emulator (`("sensornode", "emulated")`, `EmulatedNode(plant, board_id, name=..., ...)`) and the
+The sensor node's rows are bus-like: the factory returns, per sensor, where the node is (`prepare(driver) ->
+(port glob, board id)` at every open, `release(driver)` at close): the real one the configured port, the emulated
+one a firmware emulator it boots on a pty for that driver.
+
+Two rows are not buses: the emulated plant (`("plant", "emulated")`, called as `Plant(clock=...)`) and the
 emulation-only options of a driver (`("driver-options", "emulated")`, `emulation_options(driver) -> [Option]`).
 """
 
@@ -36,7 +39,8 @@ BACKENDS: dict[tuple[str, str], str] = {
     ("modbus_rtu", REAL): "hal.modbus.client:real_modbus_bus",
     ("modbus_rtu", EMULATED): "hal.emulated.modbus:emulated_modbus_bus",
     ("plant", EMULATED): "hal.emulated.plant:Plant",
-    ("sensornode", EMULATED): "hal.emulated.micropython.runner:EmulatedNode",
+    ("sensornode", REAL): "hal.sensornode.driver:real_node_ports",
+    ("sensornode", EMULATED): "hal.emulated.sensornode:emulated_node_ports",
     ("driver-options", EMULATED): "hal.emulated.drivers:emulation_options",
 }
 

@@ -47,10 +47,10 @@ broker_sees() {
 }
 
 part_systemd() {
-    need_host_packages debootstrap systemd-container mosquitto-clients
+    need_host_packages mmdebstrap systemd-container mosquitto-clients
     command -v systemd-nspawn >/dev/null || cannot "systemd-nspawn is missing (apt-get install systemd-container)"
     local base run root port name
-    base=$(build_root "systemd-amd64" amd64 "$SYSTEMD_PKGS")
+    base=$(build_root "systemd-amd64" amd64 "$SYSTEMD_PKGS" mmdebstrap)
     run="$CACHE/run/systemd"
     name="edge-lab-$$"
     say "fresh copy of the root into $run"
@@ -161,15 +161,19 @@ for p in sys.argv[1:]:
     local mpid
     mpid=$(unit_prop mosquitto MainPID); pid=$(unit_prop edge-agent MainPID); n=$(unit_prop edge-agent NRestarts)
     since=$(date +%s)
-    say "SIGSTOP to the broker (pid $mpid) for 100 s: the agent must keep running (an outage never restarts it)"
+    # twice the watchdog interval: had an outage stopped the pings, systemd would have restarted the agent by then
+    local wd freeze=100
+    wd=$(unit_prop edge-agent WatchdogUSec)
+    case "$wd" in *[0-9]s) [[ "${wd%s}" =~ ^[0-9]+$ ]] && freeze=$(( 2 * ${wd%s} + 5 )) ;; esac
+    say "SIGSTOP to the broker (pid $mpid) for $freeze s (WatchdogSec=$wd): the agent must keep running (an outage never restarts it)"
     in_ct kill -STOP "$mpid"
     on_cleanup "nsenter --target $CT_LEADER --pid --mount --root kill -CONT $mpid 2>/dev/null || true"
-    sleep 100
+    sleep "$freeze"
     in_ct kill -CONT "$mpid"
     [ "$(unit_prop edge-agent MainPID)" = "$pid" ] && [ "$(unit_prop edge-agent NRestarts)" = "$n" ] \
         || { in_ct journalctl -u edge-agent --since "@$since" --no-pager | tail -n 20 >&2; fail "the agent was restarted during a broker outage"; }
     wait_for 180 "records on the broker after the broker thawed" broker_sees "$port" 3 30
-    check "broker frozen 100 s: same pid $pid, no restart; data flows again"
+    check "broker frozen $freeze s: same pid $pid, no restart; data flows again"
 
     # -- reload with a bad config: rejected, the running one kept, the error in the journal --------------------------
     pid=$(unit_prop edge-agent MainPID); since=$(date +%s)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config, parse
-from agent.pipeline import Agent
+from agent.pipeline import Pipeline
 
 
 def small_config(port: int, agent_id: str = "t1", **outbox: Any) -> Config:
@@ -26,8 +26,8 @@ def small_config(port: int, agent_id: str = "t1", **outbox: Any) -> Config:
     return parse(raw, "<test>", emulate=True)
 
 
-def run_agent(config: Config, state_dir: Path) -> Agent:
-    agent = Agent(config, state_dir)
+def run_agent(config: Config, state_dir: Path) -> Pipeline:
+    agent = Pipeline(config, state_dir)
     agent.start()
     return agent
 

@@ -19,7 +19,7 @@ import pytest
 
 from agent.acquisition import ProcessReader
 from agent.config import parse
-from agent.pipeline import Agent, Reader
+from agent.pipeline import Pipeline, Reader
 from agent.realtime import RealtimePolicy
 from tests.agent_helpers import wait
 from tests.mqtt_helpers import free_port
@@ -41,19 +41,19 @@ def test_the_reader_runs_where_the_policy_says(tmp_path: Path) -> None:
     """By default a stream sensor on a real bus is read in a process of its own; an emulated one stays a thread
     (a child's emulated chip would not see the agent's plant); the policy can force either."""
     port = free_port()
-    real = Agent(adxl_config(port, emulate=False, backend="real"), tmp_path / "a")
+    real = Pipeline(adxl_config(port, emulate=False, backend="real"), tmp_path / "a")
     assert isinstance(real.readers[0], ProcessReader)
-    emulated = Agent(adxl_config(port), tmp_path / "b")
+    emulated = Pipeline(adxl_config(port), tmp_path / "b")
     assert type(emulated.readers[0]) is Reader
-    forced = Agent(adxl_config(port), tmp_path / "c", realtime=RealtimePolicy(process=True))
+    forced = Pipeline(adxl_config(port), tmp_path / "c", realtime=RealtimePolicy(process=True))
     assert isinstance(forced.readers[0], ProcessReader)
-    off = Agent(adxl_config(port, emulate=False, backend="real"), tmp_path / "d", realtime=RealtimePolicy.off())
+    off = Pipeline(adxl_config(port, emulate=False, backend="real"), tmp_path / "d", realtime=RealtimePolicy.off())
     assert type(off.readers[0]) is Reader
 
 
 @pytest.mark.slow
 def test_a_process_reader_delivers_blocks_restarts_a_killed_child_and_stops_cleanly(tmp_path: Path) -> None:
-    agent = Agent(adxl_config(free_port()), tmp_path / "state", realtime=RealtimePolicy(process=True))
+    agent = Pipeline(adxl_config(free_port()), tmp_path / "state", realtime=RealtimePolicy(process=True))
     reader = agent.readers[0]
     assert isinstance(reader, ProcessReader)
     agent.start()
@@ -76,7 +76,7 @@ def test_a_process_reader_delivers_blocks_restarts_a_killed_child_and_stops_clea
 
 
 def test_the_thread_reader_reports_its_worst_drain_interval_against_the_fifo_slack(tmp_path: Path) -> None:
-    agent = Agent(adxl_config(free_port()), tmp_path / "state")
+    agent = Pipeline(adxl_config(free_port()), tmp_path / "state")
     agent.start()
     try:
         assert wait(lambda: agent.stats.get("samples.vib") >= 400, 60)

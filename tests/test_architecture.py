@@ -33,7 +33,6 @@ FLEET = "agent/fleet/"  # the fleet side's own PostgreSQL database (agent/fleet/
 # Cycles through function-level (lazy or TYPE_CHECKING) imports that exist today, each with its owner. A new one
 # fails; when one of these is broken up, delete its line.
 KNOWN_CYCLES = {
-    frozenset({"agent.sparkplug.node", "agent.uplink"}): "SparkplugFormat reaches into the uplink (issue 17)",
     frozenset({"agent.commands", "agent.pipeline"}): "commands type-hint the pipeline they are attached to",
     frozenset({"hal.chips", "hal.chips.ads1115", "hal.chips.adxl345", "hal.chips.bme280", "hal.chips.ina219"}):
         "the lazy chip registry (hal.chips.chips()) imports its chips, which import the registry's types",

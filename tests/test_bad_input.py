@@ -18,7 +18,7 @@ import pytest
 import hal.sources
 from agent.config import load, parse
 from agent.errors import ConfigError
-from agent.pipeline import Agent
+from agent.pipeline import Pipeline
 from tests.agent_helpers import wait
 
 BASE: dict[str, Any] = {"agent": {"id": "t1"}, "mqtt": {"url": "mqtt://127.0.0.1:1883"}}
@@ -159,7 +159,7 @@ def test_a_scenario_file_that_is_a_fifo_or_directory_is_refused(files) -> None:
 def test_live_share_reaches_the_uplink(tmp_path: Path) -> None:
     """mqtt.live_share was validated and documented but the uplink always used 0.5."""
     raw = {**BASE, "mqtt": {**BASE["mqtt"], "live_share": 0.2}}
-    agent = Agent(parse(raw, "<t>", emulate=True), tmp_path / "state")
+    agent = Pipeline(parse(raw, "<t>", emulate=True), tmp_path / "state")
     assert agent.uplink.live_share == 0.2
 
 
@@ -170,7 +170,7 @@ def test_tls_insecure_warns_at_every_connect(tmp_path: Path, caplog: pytest.LogC
     with socket_port() as port:  # nothing listens there: every connect fails, and each one warns
         raw = {**BASE, "mqtt": {"url": f"mqtts://127.0.0.1:{port}", "ca_file": str(tmp_path / "ca.crt"),
                                 "tls_insecure": True, "reconnect_min_s": 0.05, "reconnect_max_s": 0.1}}
-        agent = Agent(parse(raw, "<t>", emulate=True), tmp_path / "state")
+        agent = Pipeline(parse(raw, "<t>", emulate=True), tmp_path / "state")
         caplog.set_level(logging.WARNING, logger="edge_agent.uplink")
         agent.outbox.start()
         agent.uplink.start()
@@ -219,7 +219,7 @@ interval_s = {interval}
 def test_reload_is_rate_limited_and_keeps_unchanged_sensors_running(broker, tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(CONFIG.format(port=broker.port, interval=0.1))
-    agent = Agent(load(path, emulate=True), tmp_path / "state", config_path=str(path))
+    agent = Pipeline(load(path, emulate=True), tmp_path / "state", config_path=str(path))
     first_window: list[int] = []  # samples read when vib's first feature window came out
     agent.outbox.add_observer(lambda e: first_window.append(agent.stats.get("samples.vib"))
                               if e.stream == "vib" and e.kind == "features" and not first_window else None)
@@ -293,7 +293,7 @@ def test_state_dir_and_outbox_are_private(broker, tmp_path: Path) -> None:
     raw = {**BASE, "mqtt": {"url": f"mqtt://127.0.0.1:{broker.port}"}}
     old = os.umask(0o022)  # a permissive login shell
     try:
-        agent = Agent(parse(raw, "<t>", emulate=True), tmp_path / "state")
+        agent = Pipeline(parse(raw, "<t>", emulate=True), tmp_path / "state")
         agent.start()
         agent.stop(drain_s=0)
     finally:

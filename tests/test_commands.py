@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import load
-from agent.pipeline import Agent
+from agent.pipeline import Pipeline
 from tests.agent_helpers import wait
 
 pytestmark = pytest.mark.slow  # whole agents answering commands through a broker
@@ -79,7 +79,7 @@ class Console:
 def setup(broker, tmp_path: Path):
     path = tmp_path / "agent.toml"
     path.write_text(CONFIG.format(port=broker.port, allow='["ping", "capture", "set", "reload"]'))
-    agent = Agent(load(path, emulate=True), tmp_path / "state", config_path=str(path))
+    agent = Pipeline(load(path, emulate=True), tmp_path / "state", config_path=str(path))
     agent.start()
     assert wait(lambda: agent.stats.get("link") == "up")
     console = Console(broker.port)
@@ -144,7 +144,7 @@ def test_capture_uploads_the_raw_window_through_the_outbox(setup) -> None:
 def test_not_allowed_command(broker, tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(CONFIG.format(port=broker.port, allow='["ping"]'))
-    agent = Agent(load(path, emulate=True), tmp_path / "state", config_path=str(path))
+    agent = Pipeline(load(path, emulate=True), tmp_path / "state", config_path=str(path))
     agent.start()
     console = Console(broker.port)
     try:
@@ -176,7 +176,7 @@ def test_reload_rejects_a_bad_config_and_keeps_running_then_accepts_a_good_one(s
 def test_commands_disabled_by_default_are_not_even_subscribed(broker, tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(CONFIG.format(port=broker.port, allow='["ping"]').replace("enabled = true", ""))
-    agent = Agent(load(path, emulate=True), tmp_path / "state", config_path=str(path))
+    agent = Pipeline(load(path, emulate=True), tmp_path / "state", config_path=str(path))
     agent.start()
     console = Console(broker.port)
     try:
@@ -231,7 +231,7 @@ address = 11
 def writable(broker, tmp_path: Path):
     path = tmp_path / "agent.toml"
     path.write_text(WRITABLE.format(port=broker.port))
-    agent = Agent(load(path, emulate=True), tmp_path / "state", config_path=str(path))
+    agent = Pipeline(load(path, emulate=True), tmp_path / "state", config_path=str(path))
     agent.start()
     assert wait(lambda: agent.stats.get("link") == "up")
     console = Console(broker.port)

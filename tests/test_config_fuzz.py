@@ -243,12 +243,12 @@ def run_briefly(path: Path, state_dir: Path, port: int, what: str, seconds: floa
     import dataclasses
 
     from agent.config import Broker, load
-    from agent.pipeline import Agent
+    from agent.pipeline import Pipeline
     from agent.service import Service
 
     config = load(path, emulate=True)
     config = dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, broker=Broker("127.0.0.1", port)))
-    agent = Agent(config, state_dir)
+    agent = Pipeline(config, state_dir)
     agent.start()
     try:
         service = Service(agent, status_socket=None, environ={}, reader_grace_s=2.0)

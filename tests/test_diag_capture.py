@@ -133,9 +133,9 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path: Path, config: Path,
 
 
 def test_capture_from_the_running_service(broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.pipeline import Agent
-    if not hasattr(Agent, "request_capture"):
-        pytest.skip("Agent.request_capture not available in this tree")
+    from agent.pipeline import Pipeline
+    if not hasattr(Pipeline, "request_capture"):
+        pytest.skip("Pipeline.request_capture not available in this tree")
     from agent.config import load
     from agent.service import Service
     from tests.agent_helpers import run_agent, wait

@@ -360,7 +360,7 @@ def test_doctor_and_status_say_the_outbox_is_wedged_why_and_the_fix(broker, tmp_
 
 def test_agent_stop_while_wedged_and_the_broker_away_counts_everything(tmp_path: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
-    """SIGTERM's path (Agent.stop) with the outbox refusing writes, no broker and a huge drain: it cuts the drain to
+    """SIGTERM's path (Pipeline.stop) with the outbox refusing writes, no broker and a huge drain: it cuts the drain to
     its budget, counts every record it could not commit, saves the tally, and says the true number; the next start
     publishes it."""
     import logging

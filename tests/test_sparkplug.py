@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 pysparkplug = pytest.importorskip("pysparkplug", reason="the test-only Sparkplug decoder (installed by .ci/run)")
 
 from agent.config import SparkplugConfig, parse  # noqa: E402
-from agent.pipeline import Agent  # noqa: E402
+from agent.pipeline import Pipeline  # noqa: E402
 from tests.agent_helpers import wait  # noqa: E402
 
 pytestmark = pytest.mark.slow  # whole agents against a broker and a Sparkplug host
@@ -132,7 +132,7 @@ def host(broker):
 
 
 def test_births_data_and_death_in_order_with_consistent_aliases(broker, host, tmp_path: Path) -> None:
-    agent = Agent(sp_config(broker.port), tmp_path / "state")
+    agent = Pipeline(sp_config(broker.port), tmp_path / "state")
     agent.start()
     try:
         assert wait(lambda: len(host.of("DDATA")) >= 20)
@@ -158,7 +158,7 @@ def test_births_data_and_death_in_order_with_consistent_aliases(broker, host, tm
 
 
 def test_seq_wraps_after_255(broker, host, tmp_path: Path) -> None:
-    agent = Agent(sp_config(broker.port), tmp_path / "state")
+    agent = Pipeline(sp_config(broker.port), tmp_path / "state")
     agent.start()
     try:
         assert wait(lambda: len(host.snapshot()) >= 300, 60)
@@ -214,7 +214,7 @@ def test_bdseq_matches_the_ndeath_after_kill_9_and_continues_after_restart(broke
 
 
 def test_rebirth_on_ncmd(broker, host, tmp_path: Path) -> None:
-    agent = Agent(sp_config(broker.port), tmp_path / "state")
+    agent = Pipeline(sp_config(broker.port), tmp_path / "state")
     agent.start()
     try:
         assert wait(lambda: {t.split("/")[-1] for t, _ in host.of("DBIRTH")} >= {"vib", "temp"})
@@ -234,7 +234,7 @@ def test_rebirth_on_ncmd(broker, host, tmp_path: Path) -> None:
 
 def test_primary_host_state_gates_birth_and_the_backlog_is_flushed_as_historical(broker, host,
                                                                                  tmp_path: Path) -> None:
-    agent = Agent(sp_config(broker.port, primary_host_id="scada"), tmp_path / "state")
+    agent = Pipeline(sp_config(broker.port, primary_host_id="scada"), tmp_path / "state")
     t0 = int(time.time() * 1000)
     agent.start()
     try:
@@ -322,7 +322,7 @@ def test_dcmd_writes_go_through_the_command_allow_list(broker, host, tmp_path: P
                 out += [m.value for m in pysparkplug.DData.decode(raw, birth=births["stack_light"]).metrics]
         return out
 
-    agent = Agent(config(["set"]), tmp_path / "state")
+    agent = Pipeline(config(["set"]), tmp_path / "state")
     agent.start()
     try:
         assert wait(lambda: light_values() and light_values()[-1] is False)
@@ -331,7 +331,7 @@ def test_dcmd_writes_go_through_the_command_allow_list(broker, host, tmp_path: P
         assert agent.stats.get("commands_ok") == 1
     finally:
         agent.stop()
-    agent = Agent(config(["ping"]), tmp_path / "state2")  # `set` not allowed: the write is refused and audited
+    agent = Pipeline(config(["ping"]), tmp_path / "state2")  # `set` not allowed: the write is refused and audited
     agent.start()
     try:
         assert wait(lambda: agent.stats.get("link") == "up")

@@ -21,7 +21,7 @@ if tahu.Payload is None:
 
 from agent.config import parse  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
-from agent.pipeline import Agent  # noqa: E402
+from agent.pipeline import Pipeline  # noqa: E402
 from agent.records import Record  # noqa: E402
 from agent.uplink import Uplink  # noqa: E402
 from hal.types import Quality  # noqa: E402
@@ -129,7 +129,7 @@ def test_every_dbirth_follows_the_nbirth_and_announces_every_metric_before_any_d
     tck-id-payloads-alias-data-cmd-requirement, tck-id-payloads-name-birth-data-requirement,
     tck-id-payloads-metric-datatype-not-req, tck-id-payloads-sequence-num-zero-nbirth,
     tck-id-payloads-sequence-num-incrementing, tck-id-payloads-nbirth-rebirth-req, tck-id-payloads-nbirth-bdseq"""
-    agent = Agent(config(broker.port), tmp_path / "state")
+    agent = Pipeline(config(broker.port), tmp_path / "state")
     agent.start()
     try:  # interval statistics (0.5 s), time-in-state reports and events all arrive after the births
         assert wait(lambda: len(host.of("DDATA", "temp")) >= 60 and len(host.of("DDATA", "vib")) >= 8, 60)
@@ -162,7 +162,7 @@ def test_birth_and_data_use_qos_0_by_default_and_qos_1_when_opted_in(broker, hos
     for qos in (0, 1):
         n = len(host.snapshot())
         extra = {"data_qos": 1} if qos else {}
-        agent = Agent(config(broker.port, sensors()[1:], **extra), tmp_path / f"state{qos}")
+        agent = Pipeline(config(broker.port, sensors()[1:], **extra), tmp_path / f"state{qos}")
         agent.start()
         try:
             assert wait(lambda: len(host.snapshot()) > n + 20)
@@ -178,7 +178,7 @@ def test_bdseq_steps_once_per_connect_sent_not_per_refused_attempt(tmp_path: Pat
     """tck-id-topics-nbirth-bdseq-increment (start at 0, +1 per CONNECT packet), tck-id-payloads-nbirth-bdseq-repeat,
     tck-id-payloads-ndeath-bdseq, tck-id-topics-nbirth-bdseq-matching."""
     port = free_port()
-    agent = Agent(config(port, sensors()[1:]), tmp_path / "state")
+    agent = Pipeline(config(port, sensors()[1:]), tmp_path / "state")
     agent.start()
     broker = None
     try:
@@ -220,7 +220,7 @@ def test_a_reload_with_a_changed_configuration_is_a_full_rebirth(broker, host, t
 
     write(False)
     from agent.config import load
-    agent = Agent(load(str(path), emulate=True), tmp_path / "state", config_path=str(path))
+    agent = Pipeline(load(str(path), emulate=True), tmp_path / "state", config_path=str(path))
     agent.reload_min_interval_s = 0.0  # two reloads in a row (the rate limit has its own test)
     agent.start()
     try:
@@ -247,7 +247,7 @@ def test_a_reload_with_a_changed_configuration_is_a_full_rebirth(broker, host, t
 def test_a_device_that_stops_answering_dies_and_is_born_again(broker, host, tmp_path: Path) -> None:
     """tck-id-operational-behavior-device-ddeath; a DBIRTH after data only after that device's DDEATH
     (tck-id-payloads-dbirth-order); tck-id-topics-ddeath-seq-num."""
-    agent = Agent(config(broker.port, sensors()[1:]), tmp_path / "state")
+    agent = Pipeline(config(broker.port, sensors()[1:]), tmp_path / "state")
     agent.start()
     try:
         assert wait(lambda: len(host.of("DDATA", "temp")) >= 5)
@@ -301,7 +301,7 @@ def test_qos_0_records_stay_in_the_outbox_until_the_broker_confirms_them(tmp_pat
     port = free_port()
     broker = MosquittoBroker(tmp_path, port=port).start()
     h = Host(port)
-    agent = Agent(config(port, sensors()[1:2], primary_host_id="scada"), tmp_path / "state")
+    agent = Pipeline(config(port, sensors()[1:2], primary_host_id="scada"), tmp_path / "state")
     agent.start()
     try:
         h.state(True, 1)
@@ -343,7 +343,7 @@ def test_the_plant_catalog_comes_from_the_drivers_declarations(tmp_path: Path) -
     from agent.sparkplug.metrics import catalog
 
     cfg = load(str(Path(__file__).resolve().parent.parent / "examples" / "plant.toml"), emulate=True)
-    agent = Agent(cfg, tmp_path / "state")  # drivers constructed, not opened
+    agent = Pipeline(cfg, tmp_path / "state")  # drivers constructed, not opened
     try:
         cat = catalog(cfg, agent._sources())
     finally:

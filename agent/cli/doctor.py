@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.common import CliError, add_diag_args, find_service, open_outbox, state_dir_for, with_errors
-from agent.config import DEFAULT_CONFIG_PATH, Config
+from agent.config import DEFAULT_CONFIG_PATH, Config, OutboxConfig
 from agent.errors import ConfigError
 
 SERVICE_USER = "edge-agent"
@@ -255,7 +255,7 @@ class Doctor:
         except OSError as e:
             self.add(FAIL, "disk", f"{probe}: {e.strerror or e}")
             return
-        need = (c.outbox.max_mb if c else 256) * 1e6
+        need = (c.outbox if c else OutboxConfig()).max_mb * 1e6
         free_pct = du.free / du.total * 100
         msg = f"{du.free / 1e9:.1f} GB free of {du.total / 1e9:.1f} GB ({free_pct:.0f} %) at {probe}"
         if du.free < need:

@@ -3,6 +3,8 @@
 A wire format for the uplink (`agent.uplink.WireFormat`): the outbox, PUBACK tracking, order and backlog handling
 are the uplink's, exactly as for JSON; this module only decides which Sparkplug messages carry the records. What
 metrics exist is `agent.sparkplug.metrics`'s (the catalog); this module must not invent metrics at run time.
+It does not import the uplink: it gets the configuration, the state directory, the boot time and the counters, and
+asks the link for what it needs through `LinkControl` (data may flow or must wait, reconnect, DCMD writes).
 
 * Topics `spBv1.0/<group>/{NBIRTH,NDEATH,DBIRTH,DDATA,DDEATH}/<edge node>[/<device>]`; payloads are the spec's
   protobuf (`agent.sparkplug.proto`).
@@ -41,8 +43,9 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 import paho.mqtt.client as mqtt
 
@@ -52,10 +55,8 @@ from agent.records import Record
 from agent.sparkplug import proto
 from agent.sparkplug.metrics import Catalog, MetricSpec, Router, catalog, record_metrics
 from agent.sparkplug.proto import Payload
+from agent.stats import Stats
 from hal.types import now_ns
-
-if TYPE_CHECKING:
-    from agent.uplink import Uplink
 
 log = logging.getLogger("edge_agent.sparkplug")
 
@@ -172,18 +173,33 @@ class _Device:
     readings: set[str] = field(default_factory=set)  # the device's reading metrics (all bad: the device is dead)
 
 
+@runtime_checkable
+class LinkControl(Protocol):
+    """What the edge node asks of the link that carries it (the uplink implements it). Called on the link's own
+    thread, from the format's callbacks."""
+
+    on_write: Callable[[str, Any], None] | None  # DCMD metric writes (target, value); None: commands are off
+
+    def set_ready(self, ready: bool) -> None:
+        """Data may flow (True: the node is born) or must wait (False: the primary host is offline)."""
+
+    def reconnect(self, after: mqtt.MQTTMessageInfo | None = None) -> None:
+        """End the session cleanly once `after` is acknowledged, then connect again (a new bdSeq)."""
+
+
 class SparkplugFormat:
     fresh_session = True  # after a link loss: new session, new births, in-flight data re-sent from the outbox
 
-    def __init__(self, uplink: "Uplink") -> None:
-        self.uplink = uplink
-        cfg = uplink.config.sparkplug
+    def __init__(self, config: Config, link: LinkControl, *, state_dir: Path, boot_ns: int, stats: Stats) -> None:
+        self.link = link
+        self.boot_ns = boot_ns
+        cfg = config.sparkplug
         self.group = cfg.group_id
-        self.node = cfg.edge_node_id or uplink.agent_id
+        self.node = cfg.edge_node_id or config.agent.id
         self.primary = cfg.primary_host_id
         self.data_qos = cfg.data_qos
-        self.stats = uplink.stats
-        self.state_path = Path(uplink.outbox.state_dir) / "sparkplug.json"
+        self.stats = stats
+        self.state_path = Path(state_dir) / "sparkplug.json"
         saved = self._load_state()
         self.bdseq = int(saved.get("bdseq", -1))  # the last one sent in a CONNECT; the next CONNECT uses +1
         self.host_ts = int(saved.get("primary_host_timestamp", 0))
@@ -193,7 +209,7 @@ class SparkplugFormat:
         self.connects_sent = 0
         self._next_alias = 1
         self._node_aliases: dict[str, int] = {}
-        self.config = uplink.config
+        self.config = config
         self.router = Router(list(self.config.sensors))
         self.devices: dict[str, _Device] = {}
         self._warned: set[str] = set()
@@ -296,7 +312,7 @@ class SparkplugFormat:
             (REBIRTH, proto.BOOLEAN, False),
             ("Properties/Agent Version", proto.STRING, __version__),
             ("Properties/Config Hash", proto.STRING, self.config.digest),
-            ("Properties/Boot Time", proto.DATETIME, _ms(self.uplink.boot_ns)),
+            ("Properties/Boot Time", proto.DATETIME, _ms(self.boot_ns)),
         ]
         for name, datatype, value in node_metrics:
             m = p.metrics.add()
@@ -430,15 +446,15 @@ class SparkplugFormat:
             self.host_online = True
             log.info("primary host %s is online", self.primary)
             self.birth(client)
-            self.uplink.set_ready(True)
+            self.link.set_ready(True)
         elif not online and self.node_born:
             log.warning("primary host %s went offline: NDEATH, keep storing, wait for it to return", self.primary)
             self.host_online = False
-            self.uplink.set_ready(False)
+            self.link.set_ready(False)
             info = client.publish(self.topic("NDEATH"), self._ndeath(), qos=1)
             self.node_born = False
             self.stats.inc("sparkplug_host_offline")
-            self.uplink.reconnect(after=info)  # a new session and bdSeq; born again when the host is back
+            self.link.reconnect(after=info)  # a new session and bdSeq; born again when the host is back
 
     def _on_ncmd(self, client: mqtt.Client, payload: bytes) -> None:
         p = Payload.FromString(payload)
@@ -456,7 +472,7 @@ class SparkplugFormat:
         p = Payload.FromString(payload)
         dev = self.devices.get(device)
         by_alias = {met.alias: name for name, met in dev.metrics.items()} if dev else {}
-        writer = getattr(self.uplink, "on_write", None)
+        writer = self.link.on_write
         for m in p.metrics:
             name = m.name or by_alias.get(m.alias, "")
             if not name:

@@ -3,9 +3,10 @@
 Owns the node's serial port: finding it (a path or a glob, each candidate identified and matched by board id rather
 than by /dev path), configuring it (rate, channels, block size), decoding its DATA frames into blocks in engineering
 units with host timestamps, and getting it back after a fault (noise, a reset node, unplug and re-enumeration)
-without the agent restarting. With `context.emulate` it starts the firmware itself in the emulator
-(hal.emulated.micropython, found through the ("sensornode", "emulated") row of hal.backends) on a pty, its ADC
-reading the shared plant.
+without the agent restarting. Where the node is comes from the ("sensornode", backend) row of hal.backends, asked
+at `open()` like a bus: the real row (`NodePorts`) returns the configured port and board id as they are; the
+emulated row (hal.emulated.sensornode) boots the firmware in the emulator on a pty, its ADC reading the shared
+plant, and returns that pty's glob and board id. This driver only opens ports; it never starts an emulator.
 
 Never raises from `read_block` for a link fault: it returns None, counts the fault in `counters`, reports the lost
 samples as the next block's `gap`, and keeps reconnecting with a bounded backoff.
@@ -74,6 +75,33 @@ class _Last:
     rate: float
 
 
+class NodePorts:
+    """Where a real node is: the configured port (a path or glob) and board id, as they are. The ("sensornode",
+    "emulated") row of hal.backends serves the same two calls with a node it boots on a pty."""
+
+    def prepare(self, driver: "SensorNode") -> tuple[str, str]:
+        """(port path or glob, board id) for `driver` to open, called at every `open()`."""
+        return driver.port_pattern, driver.board_id
+
+    def release(self, driver: "SensorNode") -> None:
+        """The driver closed; nothing to do for a node on a real wire."""
+
+    def close(self) -> None:
+        pass
+
+
+def real_node_ports(context: HalContext, name: str, bus_type: str, values: dict[str, Any]) -> NodePorts:
+    """The ("sensornode", "real") backend of `hal.backends`."""
+    return NodePorts()
+
+
+def node_ports(context: HalContext, sensor: str) -> Any:
+    """The port source of `sensor`'s node, real or emulated as the context says (shared as "sensornode:<sensor>")."""
+    from hal.backends import open_bus
+
+    return open_bus(context, "sensornode", sensor, "sensornode", {}, bool(context.emulate))
+
+
 class SensorNode:
     """An RP2040 sensor node streaming ADC channels (firmware/), matched by board id on a port path or glob."""
 
@@ -118,9 +146,9 @@ class SensorNode:
         self.mask = sum(1 << c for c in self.channels)
         mv = float(options["mv_per_unit"]) / 1000.0
         vref = float(options["vref_v"])
-        self._mv = float(options["mv_per_unit"])
-        self._zero_v = float(options["zero_v"])
-        self._vref = vref
+        self.mv_per_unit = float(options["mv_per_unit"])  # the analog front end, also what an emulated node models
+        self.zero_v = float(options["zero_v"])
+        self.vref_v = vref
         self._scale = vref / 65536.0 / mv
         self._offset = (vref / 2.0 - float(options["zero_v"])) / mv
         self.baudrate = int(options["baudrate"])
@@ -129,7 +157,7 @@ class SensorNode:
 
         self.identity: P.Identity | None = None
         self.port: str | None = None  # the port in use
-        self.emulator: Any = None
+        self.ports: Any = None  # where the node is (hal.backends "sensornode" row), from open()
         self._ser: Any = None
         self._dec = P.Decoder()
         self._pending: deque[Block] = deque()
@@ -152,19 +180,8 @@ class SensorNode:
 
     def open(self) -> None:
         self._closed = False
-        if self.context.emulate and self.emulator is None:
-            from hal.backends import implementation
-
-            EmulatedNode = implementation("sensornode", "emulated")  # noqa: N806 (a class, from the backend table)
-            plant = self.context.get_plant()
-            # registered with the context too, so HalContext.close() powers it off even if close() is never called
-            self.emulator = self.context.shared(
-                f"sensornode.emulator.{self.name}",
-                lambda: EmulatedNode(plant, self.board_id or None, name=self.name, mv_per_unit=self._mv,
-                                     zero_v=self._zero_v, vref=self._vref))
-            self.emulator.plug()
-            self.port_pattern = str(self.emulator.link_dir / f"{self.emulator.prefix}*")
-            self.board_id = self.emulator.board_id
+        self.ports = node_ports(self.context, self.name)
+        self.port_pattern, self.board_id = self.ports.prepare(self)
         try:
             self._connect(time.monotonic() + 2 * self.timeout_s)
         except LinkFault as e:
@@ -180,9 +197,8 @@ class SensorNode:
                 except Exception:
                     pass
             self._drop_port()
-        if self.emulator is not None:
-            self.emulator.close()
-            self.emulator = None
+        if self.ports is not None:
+            self.ports.release(self)
 
     @property
     def counters(self) -> dict[str, int]:

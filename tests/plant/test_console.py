@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_view_shows_values_quality_zone_bearing_indicators_state_and_availability(tmp_path: Path) -> None:
     from agent.config import parse
     from agent.console import LiveView
-    from agent.pipeline import Agent
+    from agent.pipeline import Pipeline
 
     raw = tomllib.loads((ROOT / "examples" / "plant.toml").read_text())
-    agent = Agent(parse(raw, "examples/plant.toml"), tmp_path / "state")
+    agent = Pipeline(parse(raw, "examples/plant.toml"), tmp_path / "state")
     try:
         out = io.StringIO()
         view = LiveView(agent, console=Console(file=out, width=160, color_system=None)).attach()

@@ -112,7 +112,7 @@ class Run:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     from agent.config import parse
-    from agent.pipeline import Agent
+    from agent.pipeline import Pipeline
 
     tmp = tmp_path_factory.mktemp("plant")
     port = free_port()
@@ -121,7 +121,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     clock = ScaledClock(SPEED)
     plant = Plant(clock=clock, seed=7)
     config = parse(plant_config(port), "examples/plant.toml (test)")
-    agent = Agent(config, tmp / "state", clock=clock, plant=plant)
+    agent = Pipeline(config, tmp / "state", clock=clock, plant=plant)
     outages: list[tuple[bool, float]] = []
 
     def broker_outage(down: bool) -> None:

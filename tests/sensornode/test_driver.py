@@ -243,20 +243,48 @@ def test_read_block_never_raises_without_a_node(tmp_path: Path, plant: Plant, wh
     drv.close()  # idempotent
 
 
-def test_emulate_starts_the_firmware_itself(plant: Plant) -> None:
+def test_emulate_boots_the_firmware_through_the_backend_row_and_the_driver_only_opens_its_port(plant: Plant) -> None:
+    from hal.emulated.sensornode import EmulatedNodePorts
+
     ctx = HalContext(emulate=True, plant=plant)
     drv = open_source("sensornode", "pump", {"rate_hz": 3200, "block_size": 320}, ctx)
+    assert ctx.opened("sensornode.emulator.") == {}, "constructing a driver boots nothing"
     drv.open()
     try:
+        ports = ctx.lookup("sensornode:pump")
+        assert isinstance(ports, EmulatedNodePorts) and drv.ports is ports
+        node = ctx.lookup("sensornode.emulator.pump")
+        assert node is ports.node and node.frontend is not None
+        assert drv.port_pattern == str(node.link_dir / "ttyNODE*") and drv.board_id == node.board_id
         blocks = read(drv, 5)
-        assert drv.emulator is not None and drv.identity.board_id == drv.emulator.board_id
+        assert drv.identity.board_id == node.board_id
         assert all(b.samples.shape == (320,) and b.axes == ("x",) for b in blocks)
         assert rms_peak(np.concatenate([b.samples for b in blocks]))[0] == pytest.approx(expected_rms(plant),
                                                                                         rel=0.08)
     finally:
         drv.close()
+    try:
+        assert node.board is None and node.port is None, "closing the driver powers its emulated node off"
+        assert ports.node is None
+    finally:
         ctx.close()
-    assert drv.emulator is None
+
+
+def test_a_real_context_hands_the_driver_its_configured_port_and_boots_nothing(tmp_path: Path, plant: Plant) -> None:
+    from hal.sensornode.driver import NodePorts
+
+    ctx = HalContext(emulate=False, plant=plant)
+    drv = open_source("sensornode", "pump", {"port": str(tmp_path / "ttyNONE*"), "board_id": BOARD,
+                                             "timeout_s": 0.2}, ctx)
+    drv.open()  # no node there: logged, retried later, never raised
+    try:
+        assert type(drv.ports) is NodePorts
+        assert drv.port_pattern == str(tmp_path / "ttyNONE*") and drv.board_id == BOARD
+        assert ctx.opened("sensornode.emulator.") == {}
+        assert drv.read_block(0.1) is None
+    finally:
+        drv.close()
+        ctx.close()
 
 
 def test_options_are_validated() -> None:

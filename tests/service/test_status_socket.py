@@ -1,4 +1,4 @@
-"""The status socket of a running agent (a real Agent, real broker, real UNIX socket) and `edge-agent status`."""
+"""The status socket of a running agent (a real Pipeline, real broker, real UNIX socket) and `edge-agent status`."""
 
 from __future__ import annotations
 
