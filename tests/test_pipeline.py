@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.pipeline import Agent
+from agent.pipeline import Pipeline
 from tests.agent_helpers import run_agent, small_config, wait
 from tests.mqtt_helpers import MosquittoBroker, by_stream, free_port
 
@@ -199,7 +199,7 @@ def test_stream_sensors_are_read_while_the_kernels_load_and_their_windows_comput
 def test_acquire_early_reads_stream_sensors_before_start_and_loses_nothing_at_start(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     loader = _gated_loader(monkeypatch)
-    agent = Agent(small_config(free_port()), tmp_path / "state", acquire_early=True)
+    agent = Pipeline(small_config(free_port()), tmp_path / "state", acquire_early=True)
     try:
         # read from construction on (blocks queue up for processing); slow sensors wait for start()
         assert wait(lambda: agent.stats.get("samples.vib") >= 250, 60)
@@ -233,5 +233,5 @@ def test_acquire_early_stops_the_readers_it_started_when_a_later_driver_fails(mo
     monkeypatch.setattr(pipeline, "open_source", open_source)
     before = {t.name for t in threading.enumerate()}
     with pytest.raises(StartError, match="'temp'.*No such device"):
-        Agent(small_config(free_port()), tmp_path / "state", acquire_early=True)
+        Pipeline(small_config(free_port()), tmp_path / "state", acquire_early=True)
     assert "reader-vib" not in {t.name for t in threading.enumerate()} - before  # started, then stopped
