@@ -238,7 +238,9 @@ def warm_cache(cache: Path, source: Path | None = None) -> None:
     if source is not None:
         env["PYTHONPATH"] = str(source)
         cmd = [PY, "-m", "agent"]
-    subprocess.run(cmd + ["warmup", "--cache-dir", str(cache)], check=True, stdout=subprocess.DEVNULL, env=env)
+    # cwd: not the checkout, whose agent/ `python -m` would find before PYTHONPATH's
+    subprocess.run(cmd + ["warmup", "--cache-dir", str(cache)], check=True, stdout=subprocess.DEVNULL, env=env,
+                   cwd=cache.parent)
 
 
 def summary(values: list[float]) -> tuple[float, float]:
