@@ -25,20 +25,25 @@ wait_for() {
 }
 
 # -- cleanup: every mount, process and binfmt entry is registered here the moment it exists ---------------------------
-on_cleanup() { echo "$*" >>"$LOGDIR/cleanup"; }
+# each part has its own list (CLEANUP_LIST, set by field.sh), so parts can run side by side
+on_cleanup() { echo "$*" >>"${CLEANUP_LIST:-$LOGDIR/cleanup}"; }
 run_cleanups() {
-    [ -f "$LOGDIR/cleanup" ] || return 0
+    local list="${1:-${CLEANUP_LIST:-$LOGDIR/cleanup}}"
+    [ -f "$list" ] || return 0
     local cmd
     # newest first
-    tac "$LOGDIR/cleanup" | while IFS= read -r cmd; do
+    tac "$list" | while IFS= read -r cmd; do
         eval "$cmd" >>"$LOGDIR/cleanup.log" 2>&1 || echo "[lab] cleanup step failed: $cmd" >&2
     done
-    rm -f "$LOGDIR/cleanup"
+    rm -f "$list"
 }
 cleanup_part() { run_cleanups; }
 cleanup() {
-    local rc=$?
-    run_cleanups
+    local rc=$? list
+    for list in "$LOGDIR"/cleanup*; do
+        case "$list" in *.log) continue ;; esac
+        [ -f "$list" ] && run_cleanups "$list"
+    done
     # belt and braces: nothing of ours may stay mounted under the cache
     local m
     for m in $(awk -v c="$CACHE/run/" 'index($2, c) == 1 {print $2}' /proc/mounts | sort -r); do

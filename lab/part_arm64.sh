@@ -108,30 +108,39 @@ part_arm64() {
     local mq=$!
     on_cleanup "kill $mq 2>/dev/null || true"
     wait_for 30 "the lab's broker listens on $port" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
+    # (not under /tmp: systemd-nspawn mounts a fresh tmpfs there)
+    local lab="$root/root/lab"
+    mkdir -p "$lab"
     sed "s|mqtt://localhost:1883|mqtt://localhost:$port|" "$root/root/edge-agent/systemd/agent.toml.starter" \
-        >"$root/tmp/agent.toml"
-    cat >"$root/tmp/run.sh" <<'IN'
-/opt/ea/bin/edge-agent run --config /tmp/agent.toml --state-dir /tmp/state >/tmp/agent.log 2>&1 &
+        >"$lab/agent.toml"
+    cat >"$lab/run.sh" <<'IN'
+/opt/ea/bin/edge-agent run --config /root/lab/agent.toml --state-dir /root/lab/state >/root/lab/agent.log 2>&1 &
 ag=$!
-while [ ! -e /tmp/stop ] && kill -0 $ag 2>/dev/null; do sleep 1; done
+while [ ! -e /root/lab/stop ] && kill -0 $ag 2>/dev/null; do sleep 1; done
 kill -TERM $ag 2>/dev/null; rc=0; wait $ag || rc=$?
 echo "agent exit $rc"
 exit $rc
 IN
     t0=$(date +%s)
-    in_arm64 "$root" /bin/bash /tmp/run.sh >"$LOGDIR/arm64-run.log" 2>&1 &
+    timeout 320 mosquitto_sub -h 127.0.0.1 -p "$port" -t 'edge/#' -C 5 -W 300 -v >"$run/received.txt" 2>/dev/null &
+    local sub=$!
+    on_cleanup "kill $sub 2>/dev/null || true"
+    in_arm64 "$root" /bin/bash /root/lab/run.sh >"$LOGDIR/arm64-run.log" 2>&1 &
     local runner=$!
-    on_cleanup "touch '$root/tmp/stop'; kill $runner 2>/dev/null || true"
-    local n
-    n=$(timeout 320 mosquitto_sub -h 127.0.0.1 -p "$port" -t 'edge/#' -C 5 -W 300 -v 2>/dev/null | tee "$run/received.txt" | wc -l || true)
-    local dt=$(( $(date +%s) - t0 ))
-    touch "$root/tmp/stop"
+    on_cleanup "touch '$lab/stop'; kill $runner 2>/dev/null || true"
+    # until 5 messages arrived, or the agent (or the subscriber's 300 s) ended
+    while kill -0 "$sub" 2>/dev/null && kill -0 "$runner" 2>/dev/null; do sleep 1; done
+    local n dt=$(( $(date +%s) - t0 ))
+    touch "$lab/stop"
     local rc=0
     wait "$runner" || rc=$?
+    kill "$sub" 2>/dev/null || true
+    n=$(wc -l <"$run/received.txt")
     if [ "$n" -lt 5 ]; then
-        tail -n 30 "$root/tmp/agent.log" >&2; fail "the emulated run on arm64 published $n messages in ${dt}s (wanted 5)"
+        cat "$LOGDIR/arm64-run.log" >&2; tail -n 30 "$lab/agent.log" >&2
+        fail "the emulated run on arm64 published $n messages in ${dt}s (wanted 5)"
     fi
-    [ "$rc" -eq 0 ] || { tail -n 30 "$root/tmp/agent.log" >&2; fail "the agent exited with $rc after SIGTERM (wanted 0)"; }
+    [ "$rc" -eq 0 ] || { tail -n 30 "$lab/agent.log" >&2; fail "the agent exited with $rc after SIGTERM (wanted 0)"; }
     check "emulated run on arm64: $n messages within ${dt}s of the start, first: $(head -n 1 "$run/received.txt" | cut -c1-120); SIGTERM: exit 0"
     kill "$mq" 2>/dev/null || true
 
