@@ -62,7 +62,8 @@ def run(config: Config, state_dir: Path, options: RunOptions) -> int:
         print(f"edge-agent: {e}", file=sys.stderr)
         return 2
     try:
-        pipeline = Pipeline(config, state_dir, config_path=options.config_path, clock=clock, plant=plant)
+        pipeline = Pipeline(config, state_dir, config_path=options.config_path, clock=clock, plant=plant,
+                            acquire_early=True)  # stream sensors are read from here on: their first window
     except ConfigError as e:
         print(f"edge-agent: invalid configuration, not starting:\n{e}", file=sys.stderr)
         return 2

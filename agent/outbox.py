@@ -44,8 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from agent.config import OutboxConfig
 from agent.errors import OutboxError
 from agent.records import Emit, Record, iso_ts, payload_json
@@ -385,8 +383,8 @@ class Outbox:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             conn = _connect(self.path, self.config.synchronous)
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new database only
-            db = sqlite_utils.Database(conn)
-            db.enable_wal()
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":  # persists in the file
+                conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_ns', ?)", (str(now_ns()),))

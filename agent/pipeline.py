@@ -1,6 +1,9 @@
 """The pipeline: wires acquisition → processing → outbox → uplink, and owns start-up and shutdown order.
 
-Sinks start first and sources last; shutdown runs in reverse so queues drain: stop the readers, process what they
+Sinks start first and sources last, with one exception (`acquire_early`, what `edge-agent run` uses): stream
+sensors are read from the moment their driver is built, before anything else, because their first window needs a
+window's worth of samples whatever else is ready; their blocks wait in the bounded processing queue until
+processing starts with the rest. Shutdown runs in reverse so queues drain: stop the readers, process what they
 delivered, commit everything to the outbox, let the uplink publish what it can for a moment, close.
 
 Threads, not asyncio: one reader thread per sensor (hardware libraries block), one processing thread (feature
@@ -18,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,9 +32,11 @@ from agent.processing import KERNELS, Processor, ValueBoard, make_processor
 from agent.realtime import RealtimePolicy, promote_reader, restore_process, tune_process
 from agent.records import Emit
 from agent.stats import Stats
-from agent.uplink import Uplink
 from hal.sources import HalContext, open_source
 from hal.types import Block, Quality, Reading, now_ns
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger("edge_agent.pipeline")
 
@@ -47,14 +53,15 @@ class _Item:
     data: Block | list[Reading]
 
 
+_KERNELS_READY = _Item("", [])  # put on the processing queue when the kernels have loaded
+
+
 class Reader(threading.Thread):
     """Reads one sensor and hands what it gets to the processing queue. Never dies of a sensor fault."""
 
     def __init__(self, sensor: SensorConfig, context: HalContext, out: queue.Queue[_Item], stats: Stats,
-                 stop: threading.Event, start_after: threading.Event | None = None,
-                 realtime: RealtimePolicy | None = None) -> None:
+                 stop: threading.Event, realtime: RealtimePolicy | None = None) -> None:
         super().__init__(name=f"reader-{sensor.name}", daemon=True)
-        self.start_after = start_after  # opens the source only once this is set (the kernels of a stream sensor)
         self.realtime = realtime or RealtimePolicy.off()
         self.scheduling = "default"
         self.sensor = sensor
@@ -92,9 +99,6 @@ class Reader(threading.Thread):
         stage = f"reader.{self.sensor.name}"
         backoff = 1.0
         opened = False
-        while self.start_after is not None and not self.start_after.is_set() and not self.stop_event.is_set():
-            self.stats.progress(stage)  # waiting for the kernels (compiling, with a cold cache) is not being stuck
-            self.start_after.wait(0.5)
         if self.source.kind == "stream":  # a hardware FIFO waits for nobody: this thread goes first
             self.scheduling = promote_reader(self.realtime)
             self.stats.set(f"reader_scheduling.{self.sensor.name}", self.scheduling)
@@ -208,8 +212,13 @@ class Pipeline:
     `agent.app`."""
 
     def __init__(self, config: Config, state_dir: Path, *, config_path: str | None = None, clock: object = None,
-                 plant: object = None, realtime: RealtimePolicy | None = None) -> None:
+                 plant: object = None, realtime: RealtimePolicy | None = None, acquire_early: bool = False) -> None:
+        """`acquire_early`: start reading each stream sensor as soon as its driver is built, before the other
+        drivers, the outbox and the uplink (`start()` then starts the rest); its first window needs a window's
+        worth of samples whatever else is ready. Without it, nothing runs before `start()`."""
         self.config = config
+        self._acquire_early = acquire_early
+        self._running: set[int] = set()  # id() of the readers started early
         self.realtime = RealtimePolicy() if realtime is None else realtime  # the readers' real-time budget
         self._switch_interval: float | None = None
         self.clock = clock  # hal.clock for the sensors (None: real time); a scaled clock runs emulation faster
@@ -220,7 +229,6 @@ class Pipeline:
         self.boot_ns = now_ns()
         _private_dir(state_dir)
         self.outbox = Outbox(state_dir, config.outbox, self.stats)
-        self.uplink = Uplink(config, self.outbox, self.stats, boot_ns=self.boot_ns)
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=1000)
         self._captures: list[CaptureRequest] = []
         self._captures_lock = threading.Lock()
@@ -228,8 +236,20 @@ class Pipeline:
         self._last_reload = -1e9
         self.reload_min_interval_s = RELOAD_MIN_INTERVAL_S
         self.commands = None
-        self._build_acquisition(config)
+        self._build_acquisition(config)  # with acquire_early, the stream sensors are read from here on
+        try:
+            from agent.uplink import Uplink  # paho and its imports (~0.1 s): after the stream sensors started
+
+            self.uplink = Uplink(config, self.outbox, self.stats, boot_ns=self.boot_ns)
+        except BaseException:
+            self._stop_early_readers()
+            raise
         self.started = threading.Event()
+
+    def _stop_early_readers(self) -> None:
+        """Stop the readers `acquire_early` started (construction failed after them)."""
+        self._stop_readers([r for r in self.readers if id(r) in self._running])
+        self._running.clear()
 
     def _build_acquisition(self, config: Config) -> None:
         """Drivers, readers and processors for `config` (constructed, not started). Raises on a driver error."""
@@ -238,13 +258,35 @@ class Pipeline:
         self.processors: dict[str, Processor] = {s.name: make_processor(s, self.board, background=True)
                                                 for s in config.sensors}  # kernels load while acquisition runs
         self._reader_stops: dict[str, threading.Event] = {}
-        self.readers = [self._make_reader(s) for s in config.sensors]
+        early, self._acquire_early = self._acquire_early, False  # the first build only (a reload starts at once)
+        built: dict[str, Reader] = {}
+        try:
+            for s in sorted(config.sensors, key=lambda s: s.kind != "stream"):  # stream sensors first
+                built[s.name] = self._make_reader(s)
+                if early and s.kind == "stream":  # samples flow into the (bounded) queue until processing starts
+                    if self._switch_interval is None:
+                        self._switch_interval = tune_process(self.realtime)
+                    built[s.name].start()
+                    self._running.add(id(built[s.name]))
+        except BaseException:
+            self._stop_readers([r for r in built.values() if id(r) in self._running])
+            self._running.clear()
+            raise
+        self.readers = [built[s.name] for s in config.sensors]
         self._new_processing()
+        if any(s.kind == "stream" for s in config.sensors):
+            KERNELS.on_done(self._wake_processing)
+
+    def _wake_processing(self) -> None:
+        try:
+            self._queue.put_nowait(_KERNELS_READY)
+        except queue.Full:  # blocks are flowing: the next one drains what waited
+            pass
 
     def _make_reader(self, sensor: SensorConfig) -> Reader:
-        # A stream sensor is read from when the kernels are ready: reading it while they load overran the ADXL345's
-        # 32-sample FIFO (the load holds the GIL for up to ~60 ms at a time; the FIFO lasts 40 ms at 800 Hz), and
-        # its first window would need them anyway. Slow sensors start at once.
+        # A stream sensor is read at once, while the kernels load (KernelLoader turns the garbage collector off
+        # meanwhile: its full passes were the longest GIL stalls, 30-120 ms against the ADXL345's 40 ms FIFO);
+        # the windows that complete before the kernels are ready wait in its processor.
         stop = threading.Event()
         process = {"thread": False, "process": True}.get(sensor.acquisition, self.realtime.process)  # config first
         if process is None:  # real buses only: an emulated chip in another process would not see our plant
@@ -263,8 +305,7 @@ class Pipeline:
             reader: Reader = ProcessReader(sensor, self.context, deliver, self.stats, stop,  # type: ignore
                                            self.realtime)
         else:
-            reader = Reader(sensor, self.context, self._queue, self.stats, stop,
-                            KERNELS.done if sensor.kind == "stream" else None, self.realtime)
+            reader = Reader(sensor, self.context, self._queue, self.stats, stop, self.realtime)
         self._reader_stops[sensor.name] = stop
         return reader
 
@@ -280,7 +321,9 @@ class Pipeline:
             self._switch_interval = tune_process(self.realtime)
         self._processing.start()
         for r in self.readers:
-            r.start()
+            if id(r) not in self._running:
+                r.start()
+        self._running.clear()
 
     def _stop_readers(self, readers: list[Reader]) -> None:
         for r in readers:
@@ -400,7 +443,16 @@ class Pipeline:
                 item = None
                 if stop.is_set():
                     break
-            if item is not None:
+            if item is _KERNELS_READY:  # compute the windows that waited for the kernels now, not at a tick
+                for name, proc in processors.items():
+                    drain = getattr(proc, "drain", None)
+                    try:
+                        if drain is not None:
+                            self._emit(drain())
+                    except Exception as e:
+                        self.stats.inc(f"processing_errors.{name}")
+                        log.exception("processing %s failed: %s", name, e)
+            elif item is not None:
                 self._process_item(item, processors)
             if clock.monotonic() - last_tick >= 0.5:
                 last_tick = clock.monotonic()
@@ -471,6 +523,7 @@ class Pipeline:
             if new.mqtt != old_config.mqtt or new.agent.id != old_config.agent.id or \
                     new.commands != old_config.commands:
                 self.uplink.stop(drain_s=1.0)
+                from agent.uplink import Uplink
                 self.uplink = Uplink(new, self.outbox, self.stats, boot_ns=self.boot_ns)
                 if self.commands is not None:
                     self.commands.stop()

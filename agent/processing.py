@@ -13,14 +13,16 @@ A processor is plain, single-threaded code called by the pipeline's processing t
 is called about every 0.5 s with the wall clock; interval reports, heartbeats and state reports happen there.
 Processors of one pipeline share a `ValueBoard`, through which a stream sensor reads the shaft speed from a
 tachometer sensor. Numba is imported when the first stream processor is built, not when this module is: by
-`KERNELS`, on a thread of its own when the pipeline asks for it (`background=True`), so the rest of start-up runs
-while they load; the pipeline starts reading stream sensors when they are ready (see `agent.pipeline`). Windows
-that complete before they are ready wait in the processor (bounded) and are computed as soon as they are.
+`KERNELS`, on a thread of its own when the pipeline asks for it (`background=True`), so the stream sensors are
+read and the rest of start-up runs while they load (the first window needs its samples anyway). Windows that
+complete before they are ready wait in the processor (bounded) and are computed as soon as they are (`drain()`,
+which the pipeline calls from `KERNELS.on_done`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -66,6 +68,7 @@ class KernelLoader:
         self._analyzer_class: Any = None
         self.error: BaseException | None = None
         self.seconds: float | None = None
+        self._callbacks: list[Any] = []
 
     def start(self) -> None:
         with self._lock:
@@ -75,23 +78,51 @@ class KernelLoader:
 
     def _load(self) -> None:
         t0 = time.perf_counter()
+        # No garbage collection while Numba loads: its imports make ~140k objects, so the collector runs a few
+        # hundred times and its full passes hold the GIL for 30-120 ms each (a reader draining a 40 ms FIFO
+        # meanwhile loses samples), for ~1k objects of garbage. Afterwards the survivors are frozen (never scanned
+        # again): later full collections stay short too.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             from agent.signal.analyzer import Analyzer  # imports Numba
 
             # analyze_window has one signature whatever the settings: one call loads (or compiles) all of it
             Analyzer({}, 1000.0, 64).compute(np.zeros((64, 1)))
             self._analyzer_class = Analyzer
-            released = release_compiler_pages()
-            if released:
-                log.debug("paged out %.0f MB of the LLVM library (needed again only to compile)", released / 2**20)
         except BaseException as e:  # reported to every processor that waits on it
             self.error = e
             log.error("loading the feature kernels failed: %s: %s", type(e).__name__, e)
         finally:
+            if collecting:
+                gc.freeze()
+                gc.enable()
             self.seconds = time.perf_counter() - t0
-            self.done.set()
+            with self._lock:
+                self.done.set()
+                callbacks, self._callbacks = self._callbacks, []
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # a callback's failure is its own; the kernels are loaded all the same
+                    log.exception("kernel-ready callback failed")
             if self.error is None:
-                log.info("feature kernels ready in %.2f s", self.seconds)
+                age = process_age_s()
+                log.info("feature kernels ready in %.2f s%s", self.seconds,
+                         f" ({age:.2f} s after the process started)" if age is not None else "")
+        if self.error is None:  # after `done` (~0.2 s): the windows that waited need not wait for it too
+            released = release_compiler_pages()
+            if released:
+                log.debug("paged out %.0f MB of the LLVM library (needed again only to compile)", released / 2**20)
+
+    def on_done(self, callback: Any) -> None:
+        """Call `callback()` (from the loading thread) once the kernels are loaded or failed to load; at once when
+        they are already. The pipeline uses it to compute the windows that waited, without waiting for a tick."""
+        with self._lock:
+            if not self.done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
 
     def ready(self) -> bool:
         """The kernels are loaded, or loading failed (then `wait()` raises)."""
@@ -105,6 +136,17 @@ class KernelLoader:
             raise RuntimeError(f"the feature kernels could not be loaded: {type(self.error).__name__}: "
                                f"{self.error}") from self.error
         return self._analyzer_class
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux: /proc/self/stat against CLOCK_BOOTTIME, 10 ms resolution);
+    None where that is not available."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 _MADV_PAGEOUT = 21  # Linux >= 5.4
@@ -301,6 +343,10 @@ class StreamFeatures:
         for w in windows:
             out.extend(self._window(w, block.axes, block.unit))
         return out
+
+    def drain(self) -> list[Emit]:
+        """Compute the windows that waited for the kernels, once they are ready (nothing before)."""
+        return self._drain() if self._pending else []
 
     def _drain(self) -> list[Emit]:
         """Compute the windows that waited for the kernels, once they are ready."""

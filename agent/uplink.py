@@ -11,7 +11,7 @@ everything still in the outbox is sent again.
 
 The paho client comes from a factory (`client_factory`, default `paho_client`: the real one); the uplink only uses
 the calls listed in `MqttClient`, and paho's callbacks (VERSION2 signatures) drive its state machine. The tests of
-that state machine (tests/test_uplink_state.py) pass a small recording stand-in and fire the callbacks themselves;
+that state machine (tests/agent/test_uplink_state.py) pass a small recording stand-in and fire the callbacks themselves;
 every other uplink test talks to a real Mosquitto broker. `run_once` is one turn of the thread's loop.
 
 Connection: capped exponential back-off with jitter; a broker that is down is reported once per outage, not per

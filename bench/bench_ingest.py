@@ -39,7 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from agent.fleet.ingest import ensure_schema, parse_message  # noqa: E402
 from agent.records import Emit, Record, encode  # noqa: E402
 from hal.types import Quality, now_ns  # noqa: E402
-from tests.fleet.pg_helpers import Postgres  # noqa: E402
+from tests.agent.fleet.pg_helpers import Postgres  # noqa: E402
 from tests.mqtt_helpers import MosquittoBroker  # noqa: E402
 
 AGENTS, STREAMS = 20, 4

@@ -44,7 +44,7 @@ from agent.pipeline import Pipeline  # noqa: E402
 from hal.emulated.modbus import EmulatedModbusServer  # noqa: E402
 from hal.modbus.registermap import RegisterMap, parse_registers  # noqa: E402
 from tests.mqtt_helpers import Message, MosquittoBroker, Subscriber  # noqa: E402
-from tests.test_wire_group import decode  # noqa: E402
+from tests.agent.test_wire_group import decode  # noqa: E402
 
 SETS = {
     "temperatures": [(f"zone_{k:02d}_temp", "degC", 60.0 + 4 * k) for k in range(10)],

@@ -15,7 +15,7 @@
 ARM64_PKGS="bash,coreutils,sed,grep,findutils,procps,base-files,python3,python3-venv,libstdc++6,zlib1g"
 # numba kernels, the outbox, the config and the HAL's drivers: what differs by architecture (JIT code generation,
 # SQLite, struct layouts). Emulated, scalar JIT code runs 17-40x slower: keep it to these.
-ARM64_TESTS="${ARM64_TESTS:-tests/test_config.py tests/test_outbox.py tests/signal/test_signal_time.py tests/signal/test_signal_spectrum.py tests/hal/test_i2c_drivers.py}"
+ARM64_TESTS="${ARM64_TESTS:-tests/agent/test_config.py tests/agent/test_outbox.py tests/agent/signal/test_signal_time.py tests/agent/signal/test_signal_spectrum.py tests/hal/test_i2c_drivers.py}"
 # the test extra's parts the subset needs (scipy is the signal tests' oracle)
 ARM64_TEST_DEPS="pytest pytest-timeout hypothesis scipy"
 BINFMT_NAME=edgelab-aarch64

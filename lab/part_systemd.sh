@@ -12,13 +12,19 @@ ct_boot() {
     CT_PID=$!
     on_cleanup "ct_stop $CT_PID"
 
-    for _ in $(seq 1 60); do
-        CT_LEADER=$(pgrep -P "$CT_PID" | head -n 1 || true)
-        [ -n "$CT_LEADER" ] && [ "$(readlink "/proc/$CT_LEADER/root" 2>/dev/null)" != / ] && break
+    # the container's PID 1 is the child of nspawn that runs systemd: nspawn's own helper children (setting up the
+    # mounts) come and go first, so wait for the comm to say systemd rather than take the first child seen
+    local c
+    CT_LEADER=""
+    for _ in $(seq 1 120); do
+        for c in $(pgrep -P "$CT_PID" || true); do
+            [ "$(cat "/proc/$c/comm" 2>/dev/null)" = systemd ] && CT_LEADER=$c
+        done
+        [ -n "$CT_LEADER" ] && break
         kill -0 "$CT_PID" 2>/dev/null || { tail -n 30 "$LOGDIR/$name-console.log" >&2; fail "systemd-nspawn exited"; }
-        sleep 1
+        sleep 0.5
     done
-    [ -n "$CT_LEADER" ] || fail "no container PID 1 after 60 s"
+    [ -n "$CT_LEADER" ] || fail "no systemd as the container's PID 1 after 60 s"
 }
 # ct_stop PID: power the container off (SIGTERM to nspawn = orderly poweroff), kill it if it does not go
 ct_stop() {

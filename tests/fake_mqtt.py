@@ -1,6 +1,6 @@
 """A stand-in for paho's client *interface* (`agent.uplink.MqttClient`), for the fast state-machine tests of the
-uplink (tests/test_uplink_state.py) and the Sparkplug node (tests/test_sparkplug_link.py). Never a replacement for
-the broker-backed tests: those use the real paho client and a real Mosquitto.
+uplink (tests/agent/test_uplink_state.py) and the Sparkplug node (tests/agent/sparkplug/test_sparkplug_link.py).
+Never a replacement for the broker-backed tests: those use the real paho client and a real Mosquitto.
 
 It records what is written, and the test plays the broker by firing paho's VERSION2 callbacks (`connack`, `puback`,
 `unsuback`, `lose_link`), on the test's thread, between turns of the uplink's loop, as paho's `loop()` would. It

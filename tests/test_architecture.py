@@ -8,7 +8,8 @@
   `agent/fleet/`, has a PostgreSQL database of its own);
 * only the uplink (`agent/uplink.py` and its wire formats in `agent/sparkplug/`) publishes to MQTT;
 * the CLI verb modules import only `agent.cli.common` from their package (no cycles, no callbacks to dodge them);
-* no import cycle at module level in `agent` and `hal`, and no new cycle through function-level imports.
+* no import cycle at module level in `agent` and `hal`, and no new cycle through function-level imports;
+* tests/ mirrors the package tree (tests/agent/..., tests/hal/..., tests/firmware/).
 
 Each checker is also run on a small bad example, so a checker that cannot fail is caught too. And `ruff check`
 (configured in pyproject.toml) passes on agent, hal, tests, bench and firmware.
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
+
 PACKAGES = ("agent", "hal")
 OUTBOX = "agent/outbox.py"
 PUBLISHERS = ("agent/uplink.py", "agent/sparkplug/")
@@ -252,6 +254,28 @@ def test_no_new_import_cycle_through_lazy_imports() -> None:
     found = _cycles(_graph(_sources(), top_level_only=False))
     new = [sorted(c) for c in found if c not in KNOWN_CYCLES]
     assert not new, "a new import cycle (through a function-level import); break it rather than list it"
+
+
+# tests/ mirrors the package tree: tests of agent/outbox.py are in tests/agent/, of hal/sensornode/ in
+# tests/hal/sensornode/, so the tests of a module are where its path says. Directories that are not a package, each
+# with its reason:
+TEST_DIRS_OUTSIDE_THE_TREE = {
+    "plant": "the emulated plant end to end: hal/emulated's plant and scenarios driving a whole agent",
+}
+
+
+def test_tests_mirror_the_package_tree() -> None:
+    tests = ROOT / "tests"
+    stray = []
+    for d in sorted(p for p in tests.rglob("*") if p.is_dir() and not p.name.startswith((".", "__"))):
+        rel = d.relative_to(tests)
+        if rel.parts[0] in TEST_DIRS_OUTSIDE_THE_TREE:
+            continue
+        if not (ROOT / rel).is_dir():
+            stray.append(f"tests/{rel.as_posix()} (no {rel.as_posix()}/ in the source tree)")
+    loose = [p.name for p in tests.glob("test_*.py") if p.name != "test_architecture.py"]
+    assert not stray, f"test directories that mirror no package: {stray}"
+    assert not loose, f"test modules at the top of tests/ (put them under the package they test): {loose}"
 
 
 def test_ruff_passes() -> None:

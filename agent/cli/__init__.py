@@ -29,6 +29,10 @@ COMMAND_MODULES = [
     "agent.fleet.cli",  # ingest, fleet (the fleet side, docs/fleet.md)
 ]
 
+# Verbs whose module is known without importing the others: `edge-agent run` registers only its own module, so
+# the agent's start-up does not pay for importing every other verb's module (0.15 s here; its first sample waits).
+FAST_COMMANDS = {"run": "agent.cli.run"}
+
 EPILOG = """\
 examples:
   edge-agent run --emulate                      run the built-in emulated demo against mqtt://localhost:1883
@@ -39,7 +43,8 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with a `command` of FAST_COMMANDS, only the module that has it."""
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="Industrial edge agent: reads sensors (GPIO, I2C, serial, Modbus), computes condition-monitoring "
@@ -49,13 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in [FAST_COMMANDS[command]] if command in FAST_COMMANDS else COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(words[0] if words else None)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import types
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.firmware.vectors import cobs_vectors, crc_vectors, frame_vectors
+from tests.paths import ROOT
 
-FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+FIRMWARE = ROOT / "firmware"
 
 
 def _load_protocol(software_crc: bool = False) -> types.ModuleType:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+from tests.paths import ROOT
+
+FIRMWARE = ROOT / "firmware"
 FILES = sorted(FIRMWARE.glob("*.py"))
 
 

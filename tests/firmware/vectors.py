@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-PROTOCOL_MD = Path(__file__).resolve().parents[2] / "firmware" / "PROTOCOL.md"
+from tests.paths import ROOT
+
+PROTOCOL_MD = ROOT / "firmware" / "PROTOCOL.md"
 
 
 def _hex(text: str) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,9 @@ from agent.config import load
 from hal.sources import HalContext, open_source
 from hal.types import Quality
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hardware.toml"
+from tests.paths import ROOT
+
+EXAMPLE = ROOT / "examples" / "hardware.toml"
 
 
 def test_scan_i2c_names_chips_by_their_id_register(capsys):

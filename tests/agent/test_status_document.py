@@ -12,7 +12,7 @@ from agent.service import Service
 from agent.status import last_value, offline_document
 from tests.agent_helpers import run_agent
 from tests.mqtt_helpers import free_port
-from tests.service.helpers import service_config, wait
+from tests.agent.service.helpers import service_config, wait
 
 
 def test_live_and_offline_documents_share_their_keys(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from agent.cli.common import open_outbox
 from agent.service import Service
 from tests.agent_helpers import run_agent, wait
 from tests.mqtt_helpers import free_port
-from tests.service.helpers import service_config
+from tests.agent.service.helpers import service_config
 
 
 @pytest.fixture(scope="module")

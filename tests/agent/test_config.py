@@ -12,7 +12,8 @@ from agent.cli.common import resolve_state_dir
 from agent.config import Broker, load, load_demo, parse
 from agent.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
+
 
 GOOD_SENSORS = """
 [[sensors]]

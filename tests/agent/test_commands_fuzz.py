@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.agent_helpers import wait
-from tests.test_commands import writable  # noqa: F401 - the fixture
+from tests.agent.test_commands import writable  # noqa: F401 - the fixture
 
 TARGETS = ["plc.speed_setpoint", "plc.cycle_count", "plc", "stack_light", "stack_light.x", "nothing", "", "plc."]
 VALUES = st.one_of(

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import ROOT
+
+REPO = ROOT
 UNIT = REPO / "systemd" / "edge-agent.service"
 ANALYZE = shutil.which("systemd-analyze")
 

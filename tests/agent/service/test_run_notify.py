@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.service import read_status
-from tests.service.helpers import NotifyListener
+from tests.agent.service.helpers import NotifyListener
 
 pytestmark = pytest.mark.slow  # `edge-agent run` under a fake systemd
 

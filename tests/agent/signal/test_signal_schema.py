@@ -6,6 +6,8 @@ from agent.config import parse
 from agent.errors import ConfigError
 from agent.signal.schema import validate_features
 
+from tests.paths import ROOT
+
 
 def test_stream_defaults_are_complete_and_validating_them_again_changes_nothing():
     values, errors = validate_features("stream", {})
@@ -69,11 +71,10 @@ def test_config_loader_reports_feature_problems_with_the_full_key_path():
 def test_the_examples_in_docs_signal_md_are_valid():
     import re
     import tomllib
-    from pathlib import Path
 
     from hal.sources import driver_class
 
-    text = (Path(__file__).resolve().parents[2] / "docs" / "signal.md").read_text()
+    text = (ROOT / "docs" / "signal.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
     assert len(blocks) >= 2
     checked = 0

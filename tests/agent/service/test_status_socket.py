@@ -12,7 +12,7 @@ import pytest
 from agent.cli import main
 from agent.service import Service, StatusServer, StatusSocketError, read_status, request
 from tests.agent_helpers import run_agent
-from tests.service.helpers import service_config, wait
+from tests.agent.service.helpers import service_config, wait
 
 
 @pytest.fixture

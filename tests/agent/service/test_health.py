@@ -8,7 +8,7 @@ from pathlib import Path
 from agent.health import decode_throttled, device_bytes_written, soc_temperature_c, throttling
 from agent.service import Service
 from tests.agent_helpers import run_agent
-from tests.service.helpers import service_config, wait
+from tests.agent.service.helpers import service_config, wait
 
 
 def test_health_records_reach_the_broker(broker, subscriber_factory, tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
+
 EXAMPLES = sorted(ROOT.glob("examples/*.toml")) + [ROOT / "agent" / "demo.toml"]
 DOCS = {p.name if p.parent.name == "examples" else "demo.toml": tomllib.loads(p.read_text("utf-8")) for p in EXAMPLES}
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import importlib.util
 import struct
-from pathlib import Path
 
 import pytest
 
 from hal.sensornode import protocol as host
 
-FIRMWARE = Path(__file__).resolve().parents[2] / "firmware" / "protocol.py"
+from tests.paths import ROOT
+
+FIRMWARE = ROOT / "firmware" / "protocol.py"
 SHARED = ["PROTO_VERSION", "T_DATA", "T_IDENTIFY", "T_START", "T_STOP", "T_SET_RATE", "T_PING", "T_ERROR", "REPLY",
           "E_UNKNOWN", "E_LENGTH", "E_CRC", "E_ARG", "E_FRAMING"]
 

@@ -20,6 +20,7 @@ from agent.config import load, parse
 from agent.errors import ConfigError
 from agent.pipeline import Pipeline
 from tests.agent_helpers import wait
+from tests.paths import ROOT
 
 BASE: dict[str, Any] = {"agent": {"id": "t1"}, "mqtt": {"url": "mqtt://127.0.0.1:1883"}}
 
@@ -266,11 +267,11 @@ def _run_with_a_missing_device(tmp_path: Path, *extra: str, env: dict[str, str] 
     path = tmp_path / "agent.toml"
     path.write_text('[agent]\nid = "x"\n[buses.rs485]\ntype = "modbus_rtu"\nbackend = "emulated"\n'
                     '[[sensors]]\nname = "drive"\ndriver = "test.nodevice"\nbus = "rs485"\n')
-    code = ("import sys, hal.sources; hal.sources.DRIVERS['test.nodevice'] = 'tests.test_bad_input:NoDevice'; "
+    code = ("import sys, hal.sources; hal.sources.DRIVERS['test.nodevice'] = 'tests.agent.test_bad_input:NoDevice'; "
             "from agent.cli import main; sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, "run", "--config", str(path), "--state-dir",
                            str(tmp_path / "state"), "--duration", "1", *extra], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).resolve().parent.parent,
+                          timeout=120, cwd=ROOT,
                           env={**os.environ, **(env or {})})
 
 

@@ -23,8 +23,8 @@ from agent.pipeline import Pipeline, Reader
 from agent.realtime import RealtimePolicy
 from tests.agent_helpers import wait
 from tests.mqtt_helpers import free_port
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def adxl_config(port: int, emulate: bool = True, backend: str = "emulated", **sensor: object):

@@ -14,7 +14,9 @@ import pytest
 
 from agent.config import load
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import ROOT
+
+REPO = ROOT
 INSTALL = REPO / "systemd" / "install.sh"
 UNINSTALL = REPO / "systemd" / "uninstall.sh"
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from agent.pipeline import MAX_CAPTURES
 from agent.service import REQUEST_MAX_BYTES, Service, read_status
 from tests.agent_helpers import run_agent
-from tests.service.helpers import service_config
+from tests.agent.service.helpers import service_config
 
 
 @pytest.fixture

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.pipeline import Pipeline
 from tests.agent_helpers import run_agent, small_config, wait
 from tests.mqtt_helpers import MosquittoBroker, by_stream, free_port
 
@@ -149,12 +153,13 @@ def test_seq_continues_across_restarts(broker, subscriber_factory, tmp_path: Pat
         assert len(s) >= 3
 
 
-def test_stream_sensors_are_read_once_the_kernels_are_ready_slow_sensors_at_once(monkeypatch, tmp_path: Path) -> None:
+def _gated_loader(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The real kernel loader, held back until `.gate` is set: a slow (cold-cache) kernel load."""
     import threading
 
     from agent import pipeline, processing
 
-    class GatedLoader(processing.KernelLoader):  # the real loader, held back: a slow (cold-cache) kernel load
+    class GatedLoader(processing.KernelLoader):
         def __init__(self) -> None:
             super().__init__()
             self.gate = threading.Event()
@@ -166,12 +171,67 @@ def test_stream_sensors_are_read_once_the_kernels_are_ready_slow_sensors_at_once
     loader = GatedLoader()
     monkeypatch.setattr(processing, "KERNELS", loader)
     monkeypatch.setattr(pipeline, "KERNELS", loader)
+    return loader
+
+
+def test_stream_sensors_are_read_while_the_kernels_load_and_their_windows_computed_once_ready(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    loader = _gated_loader(monkeypatch)
     agent = run_agent(small_config(free_port()), tmp_path / "state")  # no broker needed: the outbox keeps records
     try:
         assert wait(lambda: agent.stats.get("reads.temp") >= 3, 30)  # slow sensors run while the kernels load
-        assert agent.stats.get("samples.vib") == 0  # the accelerometer waits for them
+        # the accelerometer too: its first windows fill meanwhile and wait for the kernels
+        vib = agent.processors["vib"]
+        assert wait(lambda: len(vib._pending) >= 2, 60)  # type: ignore[attr-defined]
+        assert vib.windows == 0  # type: ignore[attr-defined]
+        waiting = len(vib._pending)  # type: ignore[attr-defined]
         loader.gate.set()
-        assert wait(lambda: agent.stats.get("samples.vib") >= 250, 60)
-        assert wait(lambda: agent.processors["vib"].windows >= 1, 60)  # type: ignore[attr-defined]
+        assert wait(lambda: vib.windows >= waiting, 60)  # type: ignore[attr-defined]
+        assert agent.stats.get("processing_errors.vib") == 0
     finally:
         agent.stop(drain_s=0)
+    rows = sqlite3.connect(tmp_path / "state" / "outbox.db").execute(
+        "SELECT seq, ts_ns FROM records WHERE stream = 'vib' ORDER BY seq").fetchall()
+    assert len(rows) >= waiting and [r[0] for r in rows] == list(range(len(rows)))
+    assert [r[1] for r in rows] == sorted(r[1] for r in rows)  # the windows that waited, in order
+
+
+def test_acquire_early_reads_stream_sensors_before_start_and_loses_nothing_at_start(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    loader = _gated_loader(monkeypatch)
+    agent = Pipeline(small_config(free_port()), tmp_path / "state", acquire_early=True)
+    try:
+        # read from construction on (blocks queue up for processing); slow sensors wait for start()
+        assert wait(lambda: agent.stats.get("samples.vib") >= 250, 60)
+        assert agent.stats.get("reads.temp") == 0
+        agent.start()
+        assert wait(lambda: agent.stats.get("reads.temp") >= 1, 30)
+        loader.gate.set()
+        assert wait(lambda: agent.processors["vib"].windows >= 2, 60)  # type: ignore[attr-defined]
+        assert sum(r.is_alive() for r in agent.readers) == 2  # each reader started once
+    finally:
+        agent.stop(drain_s=0)
+    first = sqlite3.connect(tmp_path / "state" / "outbox.db").execute(
+        "SELECT payload FROM records WHERE stream = 'vib' ORDER BY seq LIMIT 1").fetchone()
+    assert first is not None and "gap_before" not in json.loads(first[0])  # the first window is contiguous
+
+
+def test_acquire_early_stops_the_readers_it_started_when_a_later_driver_fails(monkeypatch: pytest.MonkeyPatch,
+                                                                               tmp_path: Path) -> None:
+    import threading
+
+    from agent import pipeline
+    from agent.errors import StartError
+
+    real_open = pipeline.open_source
+
+    def open_source(driver: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "temp":  # the slow sensor's device cannot be opened (built after the stream sensor)
+            raise OSError(19, "No such device")
+        return real_open(driver, name, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "open_source", open_source)
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(StartError, match="'temp'.*No such device"):
+        Pipeline(small_config(free_port()), tmp_path / "state", acquire_early=True)
+    assert "reader-vib" not in {t.name for t in threading.enumerate()} - before  # started, then stopped

@@ -40,10 +40,10 @@ from agent.records import Emit
 from hal.clock import ManualClock
 from tests.agent_helpers import wait
 from tests.mqtt_helpers import Message, MosquittoBroker, Subscriber, free_port
-from tests.test_config_fuzz import to_toml
-from tests.test_uplink_security import _password_file, pki  # noqa: F401  (pki: a fixture, used by the TLS probes)
+from tests.agent.test_config_fuzz import to_toml
+from tests.agent.test_uplink_security import _password_file, pki  # noqa: F401  (pki: a fixture, used by the TLS probes)
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = {"agent": AgentSection, "mqtt": MqttConfig, "sparkplug": SparkplugConfig, "commands": CommandsConfig,
             "outbox": OutboxConfig, "sensors": SensorConfig}
 USER, PASSWORD = "reach-user", "reach-secret"

@@ -12,7 +12,7 @@ import pytest
 import hal.sources
 from agent.service import Notifier, Service
 from tests.agent_helpers import run_agent
-from tests.service.helpers import (STALLING_DRIVER, STALLING_TARGET, NotifyListener, controls, service_config,
+from tests.agent.service.helpers import (STALLING_DRIVER, STALLING_TARGET, NotifyListener, controls, service_config,
                                    tick_until, wait)
 
 

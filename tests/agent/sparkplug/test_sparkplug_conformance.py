@@ -27,6 +27,7 @@ from agent.uplink import Uplink  # noqa: E402
 from hal.types import Quality  # noqa: E402
 from tests.agent_helpers import wait  # noqa: E402
 from tests.mqtt_helpers import MosquittoBroker, free_port  # noqa: E402
+from tests.paths import ROOT
 
 GROUP, NODE = "plant1", "press7"
 
@@ -342,7 +343,7 @@ def test_the_plant_catalog_comes_from_the_drivers_declarations(tmp_path: Path) -
     from agent.sparkplug import proto
     from agent.sparkplug.metrics import catalog
 
-    cfg = load(str(Path(__file__).resolve().parent.parent / "examples" / "plant.toml"), emulate=True)
+    cfg = load(str(ROOT / "examples" / "plant.toml"), emulate=True)
     agent = Pipeline(cfg, tmp_path / "state")  # drivers constructed, not opened
     try:
         cat = catalog(cfg, agent._sources())

@@ -11,9 +11,9 @@ import pytest
 
 from agent.fleet.ingest import BadMessage, parse_message
 from tests.agent_helpers import wait
-from tests.fleet.test_ingest import Running, q
+from tests.agent.fleet.test_ingest import Running, q
 from tests.mqtt_helpers import MosquittoBroker
-from tests.test_wire_group import publish_through_broker, workload
+from tests.agent.test_wire_group import publish_through_broker, workload
 
 COLUMNS = "stream, seq, ts, quality, value, unit, error, historical"
 

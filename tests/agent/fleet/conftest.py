@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fleet.pg_helpers import Postgres, pg_bindir
+from tests.agent.fleet.pg_helpers import Postgres, pg_bindir
 
 _names = itertools.count()
 

@@ -14,7 +14,7 @@ from hal.emulated.sources import EmulatedVibration
 from hal.types import Block
 
 STALLING_DRIVER = "test.stalling"
-STALLING_TARGET = "tests.service.helpers:StallingVibration"
+STALLING_TARGET = "tests.agent.service.helpers:StallingVibration"
 
 
 class NotifyListener:
