@@ -78,15 +78,19 @@ mirror() {
     echo "${m:-http://deb.debian.org/debian}"
 }
 
+# cached_root DST KEY: prints DST and succeeds when the root there was built for KEY (its .lab-root)
+cached_root() {
+    [ -f "$1/.lab-root" ] && [ "$(cat "$1/.lab-root")" = "$2" ] || return 1
+    echo "[lab] cached root $1" >&2
+    echo "$1"
+}
+
 # build_root NAME ARCH PACKAGES [BUILDER]: a cached minbase root at $CACHE/roots/NAME (rebuilt when the package list
 # changes); prints its path. BUILDER: debootstrap (default) or mmdebstrap (one apt/dpkg run: ~1 min instead of ~4)
 build_root() {
     local name="$1" arch="$2" pkgs="$3" builder="${4:-debootstrap}"
     local dst="$CACHE/roots/$name" key="$SUITE $arch $pkgs"
-    if [ -f "$dst/.lab-root" ] && [ "$(cat "$dst/.lab-root")" = "$key" ]; then
-        echo "[lab] cached root $dst" >&2
-        echo "$dst"; return 0
-    fi
+    cached_root "$dst" "$key" && return 0
     local tmp="$dst.building"
     rm -rf "$tmp" "$dst"
     mkdir -p "$tmp"
@@ -121,10 +125,7 @@ build_root() {
 extract_root() {
     local name="$1" arch="$2" pkgs="$3"
     local dst="$CACHE/roots/$name" key="extract $SUITE $arch $pkgs"
-    if [ -f "$dst/.lab-root" ] && [ "$(cat "$dst/.lab-root")" = "$key" ]; then
-        echo "[lab] cached root $dst" >&2
-        echo "$dst"; return 0
-    fi
+    cached_root "$dst" "$key" && return 0
     local tmp="$dst.building"
     rm -rf "$tmp" "$dst"
     say "mmdebstrap --variant=extract $SUITE $arch into $tmp (log $LOGDIR/mmdebstrap-$name.log)" >&2
