@@ -21,7 +21,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,9 +33,6 @@ from agent.records import Emit
 from agent.stats import Stats
 from hal.sources import HalContext, open_source
 from hal.types import Block, Quality, Reading, now_ns
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("edge_agent.pipeline")
 
